@@ -1,0 +1,1 @@
+"""vidledger: the event-sourced status service for image-to-video generation."""

@@ -1,0 +1,5 @@
+"""The HTTP API (API.md). `create_app` is its composition root."""
+
+from app.api.app import create_app
+
+__all__ = ["create_app"]

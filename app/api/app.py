@@ -1,0 +1,88 @@
+"""`create_app(settings)`: the HTTP composition root."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from app.api import errors
+from app.api.deps import AuthGate
+from app.api.middleware import BodyLimit, RequestId
+from app.api.routes import admin, events, videos, worker
+from app.config import Settings
+from app.db.engine import Database, open_database
+from app.queries import VideoQueries
+from app.service import Policy, VideoService
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+vidledger tells an image app whether an image has a video and where that
+video is in its life. Every transition is an event in an append-only log;
+the status you read is a projection of that log.
+
+Errors are RFC 9457 problem JSON with a stable `code`.
+"""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def policy_of(settings: Settings) -> Policy:
+    return Policy(
+        max_attempts=settings.max_attempts,
+        lease_seconds=settings.lease_seconds,
+        backoff_base_seconds=settings.backoff_base_seconds,
+        backoff_cap_seconds=settings.backoff_cap_seconds,
+    )
+
+
+def create_app(
+    settings: Settings, *, db: Database | None = None, host: str = "127.0.0.1"
+) -> FastAPI:
+    """Build the app. `host` is where it will listen: open mode only on loopback."""
+    database = db or open_database(settings.database_url, pool_size=settings.pool_size)
+    owns_db = db is None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if app.state.auth.loopback and not app.state.auth.keys_exist():
+            log.warning(
+                "no API keys exist: running OPEN on loopback; every request acts as "
+                "'anonymous' with role admin. Create a key with 'vidledger keys create'."
+            )
+        yield
+        if owns_db:
+            database.dispose()
+
+    app = FastAPI(
+        title="vidledger",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses=errors.responses(413),
+    )
+    app.state.settings = settings
+    app.state.db = database
+    app.state.service = VideoService(database, policy_of(settings))
+    app.state.queries = VideoQueries(database)
+    app.state.auth = AuthGate(database, loopback=is_loopback(host))
+    app.state.metrics_registry = CollectorRegistry()
+
+    errors.install(app)
+    for module in (videos, events, worker, admin):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(RequestId)
+    return app

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource. Routes validate, call, shape."""

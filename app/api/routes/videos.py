@@ -1,0 +1,247 @@
+"""/v1/videos: request, read, list, history, cancel, retry, delete."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from app.api.deps import Queries, Reader, Service, Writer, actor
+from app.api.deps import checked_name as _name
+from app.api.errors import responses
+from app.api.schemas import (
+    BatchStatusIn,
+    BatchStatusOut,
+    HasVideo,
+    HistoryPage,
+    ReasonIn,
+    SourceType,
+    VideoPage,
+    VideoRequestIn,
+    VideoStatus,
+    VideoStatusName,
+)
+from app.errors import ValidationFailed
+from app.lifecycle import Status
+from app.service import Answer, Idempotency
+
+router = APIRouter(prefix="/v1", tags=["videos"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Repeat a write safely: same key and body replay the first answer.",
+    ),
+]
+READ_ERRORS = responses(401, 403, 422)
+WRITE_ERRORS = responses(401, 403, 409, 413, 422)
+
+
+def _answer(answer: Answer, headers: dict[str, str] | None = None) -> JSONResponse:
+    response = JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
+    if answer.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _location(img_name: str) -> dict[str, str]:
+    from urllib.parse import quote
+
+    return {"Location": f"/v1/videos/{quote(img_name, safe='')}"}
+
+
+@router.post(
+    "/videos",
+    status_code=202,
+    response_model=VideoStatus,
+    responses=WRITE_ERRORS,
+    summary="Request a video for an image",
+)
+def request_video(
+    body: VideoRequestIn,
+    request: Request,
+    principal: Writer,
+    svc: Service,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    idem = None
+    if idempotency_key is not None:
+        idem = Idempotency.of(idempotency_key, "request", body.model_dump(), 202)
+    answer = svc.request_video(
+        body.img_name,
+        body.source_type,
+        actor(request, principal),
+        prompt=body.prompt,
+        params=body.params,
+        regenerate=body.regenerate,
+        idem=idem,
+    )
+    return _answer(answer, _location(body.img_name))
+
+
+@router.post(
+    "/videos/status",
+    response_model=BatchStatusOut,
+    responses=READ_ERRORS,
+    summary="Status of up to 1,000 images, in the order asked",
+)
+def batch_status(body: BatchStatusIn, _: Reader, q: Queries) -> Response:
+    return JSONResponse({"items": q.batch(body.img_names)})
+
+
+@router.get(
+    "/videos",
+    response_model=VideoPage,
+    responses=READ_ERRORS,
+    summary="List images, newest update first",
+)
+def list_videos(
+    _: Reader,
+    q: Queries,
+    status: VideoStatusName | None = None,
+    source_type: Annotated[SourceType | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    page = q.list_videos(
+        status=Status(status) if status is not None else None,
+        source_type=source_type,
+        limit=limit,
+        cursor=cursor,
+    )
+    return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
+
+
+@router.get(
+    "/videos/{img_name:path}/has-video",
+    response_model=HasVideo,
+    responses=READ_ERRORS,
+    summary="Does this image have a video?",
+)
+def has_video(img_name: str, _: Reader, q: Queries) -> Response:
+    body = q.status(_name(img_name))
+    return JSONResponse({"img_name": img_name, "has_video": body["has_video"]})
+
+
+@router.get(
+    "/videos/{img_name:path}/history",
+    response_model=HistoryPage,
+    responses=READ_ERRORS,
+    summary="Every transition of one image, oldest first",
+)
+def history(
+    img_name: str,
+    _: Reader,
+    q: Queries,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> Response:
+    page = q.history(_name(img_name), limit=limit, cursor=cursor)
+    return JSONResponse(
+        {"img_name": img_name, "items": page.items, "next_cursor": page.next_cursor}
+    )
+
+
+def _reason(body: ReasonIn | None) -> str | None:
+    return body.reason if body is not None else None
+
+
+@router.post(
+    "/videos/{img_name:path}/cancel",
+    response_model=VideoStatus,
+    responses=WRITE_ERRORS,
+    summary="Cancel: a pending video at once, a processing one via its worker",
+)
+def cancel_video(
+    img_name: str,
+    request: Request,
+    principal: Writer,
+    svc: Service,
+    body: Annotated[ReasonIn | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    reason = _reason(body)
+    idem = _idem(idempotency_key, "cancel", {"reason": reason}, 200)
+    return _answer(
+        svc.cancel_video(_name(img_name), actor(request, principal), reason=reason, idem=idem)
+    )
+
+
+@router.post(
+    "/videos/{img_name:path}/retry",
+    status_code=202,
+    response_model=VideoStatus,
+    responses=WRITE_ERRORS,
+    summary="Retry a failed or cancelled video",
+)
+def retry_video(
+    img_name: str,
+    request: Request,
+    principal: Writer,
+    svc: Service,
+    body: Annotated[ReasonIn | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    reason = _reason(body)
+    idem = _idem(idempotency_key, "retry", {"reason": reason}, 202)
+    return _answer(
+        svc.retry_video(_name(img_name), actor(request, principal), reason=reason, idem=idem)
+    )
+
+
+def _idem(key: str | None, operation: str, body: Any, status: int) -> Idempotency | None:
+    return Idempotency.of(key, operation, body, status) if key is not None else None
+
+
+@router.get(
+    "/videos/{img_name:path}",
+    response_model=VideoStatus,
+    responses=READ_ERRORS,
+    summary="The status of one image (or as of a version or time)",
+)
+def get_status(
+    img_name: str,
+    _: Reader,
+    q: Queries,
+    at: Annotated[datetime | None, Query(description="RFC 3339 time")] = None,
+    version: Annotated[int | None, Query(ge=0)] = None,
+) -> Response:
+    name = _name(img_name)
+    if at is not None and version is not None:
+        raise ValidationFailed(
+            "give either 'at' or 'version', not both",
+            errors=[{"loc": ["query", "at"], "msg": "give either 'at' or 'version', not both"}],
+        )
+    if at is not None and at.tzinfo is None:
+        raise ValidationFailed(
+            "'at' needs a time zone (e.g. a trailing Z)",
+            errors=[{"loc": ["query", "at"], "msg": "needs a time zone"}],
+        )
+    if at is not None or version is not None:
+        return JSONResponse(q.status_as_of(name, version=version, at=at))
+    return JSONResponse(q.status(name))
+
+
+@router.delete(
+    "/videos/{img_name:path}",
+    response_model=VideoStatus,
+    responses=WRITE_ERRORS,
+    summary="Delete a completed, failed or cancelled video",
+)
+def delete_video(
+    img_name: str,
+    request: Request,
+    principal: Writer,
+    svc: Service,
+    reason: Annotated[str | None, Query(max_length=2000)] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    idem = _idem(idempotency_key, "delete", {"reason": reason}, 200)
+    return _answer(
+        svc.delete_video(_name(img_name), actor(request, principal), reason=reason, idem=idem)
+    )

@@ -1,0 +1,209 @@
+"""API models, named for their role. They validate input and document output.
+
+Hot read paths return the plain dicts of `app/views.py`; these models
+describe the same shapes for OpenAPI.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from app.naming import SOURCE_TYPE_RE, check_img_name
+
+PARAMS_MAX_BYTES = 16 * 1024
+
+ImgName = Annotated[StrictStr, AfterValidator(check_img_name)]
+SourceType = Annotated[StrictStr, Field(pattern=SOURCE_TYPE_RE.pattern)]
+Reason = Annotated[StrictStr, Field(max_length=2000)]
+WorkerId = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")]
+LeaseToken = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+VideoStatusName = Literal["none", "pending", "processing", "completed", "failed", "cancelled"]
+
+
+def _small_params(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(json.dumps(value)) > PARAMS_MAX_BYTES:
+        raise ValueError(f"params must be at most {PARAMS_MAX_BYTES} bytes of JSON")
+    return value
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VideoRequestIn(_In):
+    img_name: ImgName
+    source_type: SourceType
+    prompt: Annotated[StrictStr, Field(max_length=2000)] | None = None
+    params: Annotated[dict[str, Any] | None, AfterValidator(_small_params)] = None
+    regenerate: StrictBool = False
+
+
+class ReasonIn(_In):
+    reason: Reason | None = None
+
+
+class BatchStatusIn(_In):
+    img_names: Annotated[list[ImgName], Field(min_length=1, max_length=1000)]
+
+
+class ClaimIn(_In):
+    worker_id: WorkerId
+    lease_seconds: Annotated[int, Field(ge=5, le=3600, strict=True)] | None = None
+    source_types: Annotated[list[SourceType], Field(max_length=50)] | None = None
+
+
+class HeartbeatIn(_In):
+    lease_token: LeaseToken
+    progress: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
+class LeaseIn(_In):
+    lease_token: LeaseToken
+
+
+class CompleteIn(_In):
+    lease_token: LeaseToken
+    video_filename: Annotated[StrictStr, Field(min_length=1, max_length=600)]
+    metadata: Annotated[dict[str, Any] | None, AfterValidator(_small_params)] = None
+
+
+class FailIn(_In):
+    lease_token: LeaseToken
+    error_code: Annotated[
+        StrictStr, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=100)
+    ]
+    error_message: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
+    retryable: StrictBool
+
+
+class VideoError(BaseModel):
+    code: str
+    message: str
+    retryable: bool
+
+
+class VideoStatus(BaseModel):
+    img_name: str
+    source_type: str | None
+    has_video: bool
+    video_status: VideoStatusName
+    video_filename: str | None
+    video_url: str | None
+    prompt: str | None
+    generation: int
+    attempts: int
+    error: VideoError | None
+    cancel_requested: bool
+    progress: float | None
+    queued_seconds: float | None
+    generation_seconds: float | None
+    not_before: str | None = Field(description="when a pending video becomes due; else null")
+    requested_at: str | None
+    started_at: str | None
+    completed_at: str | None
+    updated_at: str | None
+    version: int
+
+
+class HasVideo(BaseModel):
+    img_name: str
+    has_video: bool
+
+
+class BatchStatusOut(BaseModel):
+    items: list[VideoStatus]
+
+
+class VideoPage(BaseModel):
+    items: list[VideoStatus]
+    next_cursor: str | None
+
+
+class Transition(BaseModel):
+    version: int
+    event_id: str
+    event_type: str
+    schema_version: int
+    from_status: VideoStatusName
+    to_status: VideoStatusName
+    occurred_at: str
+    actor: str
+    reason: str | None
+    correlation_id: str | None
+    data: dict[str, Any]
+
+
+class HistoryPage(BaseModel):
+    img_name: str
+    items: list[Transition]
+    next_cursor: str | None
+
+
+class Event(Transition):
+    img_name: str
+    cursor: str
+
+
+class EventPage(BaseModel):
+    items: list[Event]
+    next_cursor: str | None = Field(description="where to continue; null only for an empty log")
+
+
+class Stats(BaseModel):
+    by_status: dict[str, int]
+    by_source_type: dict[str, dict[str, int]]
+    total: int
+    queue_depth: int
+    due: int
+    processing: int
+    oldest_pending_age_seconds: float | None
+
+
+class Task(BaseModel):
+    img_name: str
+    source_type: str | None
+    prompt: str | None
+    params: dict[str, Any]
+    generation: int
+    attempt: int
+    lease_token: str
+    lease_expires_at: str
+
+
+class HeartbeatOut(BaseModel):
+    lease_expires_at: str
+    cancel_requested: bool
+
+
+class ProjectionInfo(BaseModel):
+    name: str
+    version: int
+    expected_version: int
+    state: Literal["ok", "stale", "rebuilding"]
+    rows: int
+    last_position: int
+    built_at: str | None
+
+
+class ProjectionList(BaseModel):
+    items: list[ProjectionInfo]
+
+
+class Problem(BaseModel):
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationProblem(Problem):
+    errors: list[FieldError]

@@ -1,0 +1,59 @@
+"""Settings, from the environment (prefix `VIDLEDGER_`) or a `.env` file.
+
+Only the edges (`create_app`, `cli.main`) read them; deeper code receives
+plain values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIDLEDGER_", env_file=".env", extra="ignore")
+
+    database_url: str = "sqlite:///./var/vidledger.db"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    images_dir: Path = Path("./var/images")
+    videos_dir: Path = Path("./var/videos")
+    max_attempts: int = Field(3, ge=1, le=100)
+    lease_seconds: int = Field(60, ge=1, le=86_400)
+    backoff_base_seconds: float = Field(2.0, gt=0, le=3600)
+    backoff_cap_seconds: float = Field(300.0, gt=0, le=86_400)
+    pool_size: int = Field(20, ge=1, le=500)
+    generator: str = "kenburns"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+
+def normalize_database_url(value: str) -> str:
+    """Accept sqlite:/// and postgresql:// URLs; PostgreSQL always goes through psycopg2."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if value.startswith(prefix):
+            return "postgresql+psycopg2://" + value[len(prefix) :]
+    if value.startswith("sqlite:"):
+        return value
+    raise ValueError("must be a sqlite:/// or postgresql:// URL")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment; a bad value raises `ConfigError` in one line."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # pydantic-settings kwargs
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"VIDLEDGER_{field.upper()}: {first['msg']}") from None

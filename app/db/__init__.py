@@ -1,0 +1,1 @@
+"""Storage plumbing: the tables, the dialect vocabulary and engines."""

@@ -1,0 +1,155 @@
+"""Every table, in one MetaData. Migrations are checked against it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    false,
+    func,
+    text,
+)
+
+from app.db.dialect import IdType, JsonType, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+IMG_NAME = String(500)
+
+#: The append-only log (DESIGN §3). Rows are never updated or deleted.
+events = Table(
+    "video_status_events",
+    metadata,
+    Column("position", IdType, primary_key=True, autoincrement=True),
+    Column("event_id", Uuid, nullable=False),
+    Column("img_name", IMG_NAME, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("schema_version", SmallInteger, nullable=False),
+    Column("from_status", String(16), nullable=False),
+    Column("to_status", String(16), nullable=False),
+    Column("data", JsonType, nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("reason", Text),
+    Column("correlation_id", String(200)),
+    Column("idempotency_key", String(255)),
+    Column("recorded_at", UTCDateTime, nullable=False, server_default=func.now()),
+    Column("tx_id", BigInteger),
+    UniqueConstraint("event_id"),
+    UniqueConstraint("img_name", "version"),
+    Index(None, "tx_id", "position"),
+)
+
+
+def status_columns() -> list[Column[object]]:
+    """The projection's columns, shared by the live table and rebuild shadows."""
+    return [
+        Column("id", IdType, primary_key=True, autoincrement=True),
+        Column("img_name", IMG_NAME, nullable=False),
+        Column("has_video", Boolean, nullable=False, server_default=false()),
+        Column("video_status", String(16), nullable=False, server_default=text("'none'")),
+        Column("video_filename", String(600)),
+        Column("source_type", String(20)),
+        Column("prompt", Text),
+        Column("params", JsonType),
+        Column("generation", Integer, nullable=False, server_default=text("0")),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column("error_code", String(100)),
+        Column("error_message", Text),
+        Column("error_retryable", Boolean),
+        Column("cancel_requested", Boolean, nullable=False, server_default=false()),
+        Column("not_before", UTCDateTime),
+        Column("requested_at", UTCDateTime),
+        Column("started_at", UTCDateTime),
+        Column("completed_at", UTCDateTime),
+        Column("updated_at", UTCDateTime),
+        Column("version", Integer, nullable=False),
+        Column("last_position", BigInteger, nullable=False),
+    ]
+
+
+#: The current-status projection (DESIGN §4): one row per image with events.
+image_status = Table(
+    "image_video_status",
+    metadata,
+    *status_columns(),
+    UniqueConstraint("img_name"),
+    Index(None, "video_status", "not_before", "requested_at"),
+    Index(None, "source_type", "video_status"),
+    Index(None, "updated_at"),
+)
+
+#: Each projection's version and build record.
+projection_state = Table(
+    "projection_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("last_position", BigInteger, nullable=False, server_default=text("0")),
+    Column("built_at", UTCDateTime),
+)
+
+#: Operational lease data of tasks being processed; not history (DESIGN §4).
+leases = Table(
+    "video_task_leases",
+    metadata,
+    Column("img_name", IMG_NAME, primary_key=True),
+    Column("lease_token", String(64), nullable=False),
+    Column("worker_id", String(200), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("claimed_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime),
+    Column("lease_seconds", Integer, nullable=False),
+    Column("progress", Float),
+    Index(None, "expires_at"),
+)
+
+#: API keys, stored as a SHA-256 of the secret; the secret is never kept.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    UniqueConstraint("name"),
+    UniqueConstraint("prefix"),
+)
+
+#: Answers to writes sent with an Idempotency-Key, per image.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("img_name", IMG_NAME, nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", SmallInteger, nullable=False),
+    Column("response", JsonType, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    PrimaryKeyConstraint("img_name", "key"),
+    Index(None, "created_at"),
+)

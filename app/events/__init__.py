@@ -1,0 +1,1 @@
+"""The append-only log: event shapes, upcasters and the store."""

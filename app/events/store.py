@@ -1,0 +1,208 @@
+"""The event store: append with optimistic concurrency, read a stream, read all.
+
+Functions take a connection inside the caller's transaction and never
+commit. Driver exceptions stay here: a lost race on UNIQUE(img_name,
+version) leaves as `ConcurrencyConflict`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, and_, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from app.db import dialect
+from app.db.tables import events, image_status
+from app.errors import ConcurrencyConflict
+from app.events.types import NewEvent, RecordedEvent
+from app.events.upcasters import upcast
+from app.lifecycle import EventType, Status
+
+_COLUMNS = (
+    events.c.position,
+    events.c.event_id,
+    events.c.img_name,
+    events.c.version,
+    events.c.event_type,
+    events.c.schema_version,
+    events.c.from_status,
+    events.c.to_status,
+    events.c.data,
+    events.c.actor,
+    events.c.reason,
+    events.c.correlation_id,
+    events.c.idempotency_key,
+    events.c.recorded_at,
+    events.c.tx_id,
+)
+
+
+def append(
+    conn: Connection, img_name: str, expected_version: int, new: Sequence[NewEvent]
+) -> list[RecordedEvent]:
+    """Append `new` to the stream of `img_name`, which must be at `expected_version`.
+
+    Versions follow on without gaps. Returns the recorded events, with their
+    positions and database timestamps. Raises `ConcurrencyConflict` when
+    another writer got there first; the caller's transaction is then unusable
+    and must be rolled back.
+    """
+    recorded: list[RecordedEvent] = []
+    now = dialect.now_expr(conn)
+    tx_id = dialect.tx_id_expr(conn)
+    for offset, ev in enumerate(new, start=1):
+        values: dict[str, Any] = {
+            "event_id": ev.event_id,
+            "img_name": img_name,
+            "version": expected_version + offset,
+            "event_type": ev.event_type.value,
+            "schema_version": ev.schema_version,
+            "from_status": ev.from_status.value,
+            "to_status": ev.to_status.value,
+            "data": ev.data,
+            "actor": ev.actor,
+            "reason": ev.reason,
+            "correlation_id": ev.correlation_id,
+            "idempotency_key": ev.idempotency_key,
+            "recorded_at": now,
+        }
+        if tx_id is not None:
+            values["tx_id"] = tx_id
+        stmt = (
+            insert(events)
+            .values(values)
+            .returning(events.c.position, events.c.recorded_at, events.c.tx_id)
+        )
+        try:
+            row = conn.execute(stmt).one()
+        except IntegrityError as exc:
+            raise ConcurrencyConflict(
+                f"stream {img_name!r} moved past version {expected_version}",
+                img_name=img_name,
+            ) from exc
+        recorded.append(
+            RecordedEvent(
+                position=row.position,
+                event_id=ev.event_id,
+                img_name=img_name,
+                version=expected_version + offset,
+                event_type=ev.event_type,
+                schema_version=ev.schema_version,
+                from_status=ev.from_status,
+                to_status=ev.to_status,
+                data=ev.data,
+                actor=ev.actor,
+                reason=ev.reason,
+                correlation_id=ev.correlation_id,
+                idempotency_key=ev.idempotency_key,
+                recorded_at=row.recorded_at,
+                tx_id=row.tx_id,
+            )
+        )
+    return recorded
+
+
+def to_event(row: Any) -> RecordedEvent:
+    """A log row as a `RecordedEvent`, its payload upcast to today's schema."""
+    event_type = EventType(row.event_type)
+    return RecordedEvent(
+        position=row.position,
+        event_id=row.event_id,
+        img_name=row.img_name,
+        version=row.version,
+        event_type=event_type,
+        schema_version=row.schema_version,
+        from_status=Status(row.from_status),
+        to_status=Status(row.to_status),
+        data=upcast(event_type, row.schema_version, row.data),
+        actor=row.actor,
+        reason=row.reason,
+        correlation_id=row.correlation_id,
+        idempotency_key=row.idempotency_key,
+        recorded_at=row.recorded_at,
+        tx_id=row.tx_id,
+    )
+
+
+def read_stream(
+    conn: Connection,
+    img_name: str,
+    *,
+    after_version: int = 0,
+    limit: int | None = None,
+    until_version: int | None = None,
+    until_time: datetime | None = None,
+) -> list[RecordedEvent]:
+    """Events of one image in version order, optionally bounded by version or time."""
+    query = select(*_COLUMNS).where(events.c.img_name == img_name)
+    if after_version:
+        query = query.where(events.c.version > after_version)
+    if until_version is not None:
+        query = query.where(events.c.version <= until_version)
+    if until_time is not None:
+        query = query.where(events.c.recorded_at <= until_time)
+    query = query.order_by(events.c.version)
+    if limit is not None:
+        query = query.limit(limit)
+    return [to_event(r) for r in conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class FeedFilter:
+    img_name: str | None = None
+    source_type: str | None = None
+    event_type: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    events: list[RecordedEvent]
+    #: Where to continue from; the given cursor again when nothing was read.
+    cursor: str | None
+
+
+def read_all(
+    conn: Connection, *, after: str | None, limit: int, filters: FeedFilter | None = None
+) -> FeedPage:
+    """The global log in feed order, after the opaque cursor `after`.
+
+    Never skips an event that commits late (see `dialect.feed_filter`).
+    Raises ValueError for a cursor this database did not make.
+    """
+    query: Select[Any] = select(*_COLUMNS).where(dialect.feed_filter(conn, events, after))
+    f = filters or FeedFilter()
+    if f.img_name is not None:
+        query = query.where(events.c.img_name == f.img_name)
+    if f.event_type is not None:
+        query = query.where(events.c.event_type == f.event_type)
+    if f.source_type is not None:
+        query = query.join(
+            image_status,
+            and_(
+                image_status.c.img_name == events.c.img_name,
+                image_status.c.source_type == f.source_type,
+            ),
+        )
+    query = query.order_by(*dialect.feed_order(conn, events)).limit(limit)
+    got = [to_event(r) for r in conn.execute(query)]
+    cursor = cursor_of(got[-1]) if got else after
+    return FeedPage(events=got, cursor=cursor)
+
+
+def cursor_of(event: RecordedEvent) -> str:
+    return dialect.make_cursor(event.tx_id, event.position)
+
+
+def iter_all(conn: Connection, batch: int = 5000) -> Iterable[RecordedEvent]:
+    """Every visible event in feed order, read in batches."""
+    after: str | None = None
+    while True:
+        page = read_all(conn, after=after, limit=batch)
+        yield from page.events
+        if len(page.events) < batch:
+            return
+        after = page.cursor

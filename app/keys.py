@@ -1,0 +1,138 @@
+"""API keys: created, listed, revoked and verified.
+
+Only a SHA-256 of each secret is kept. A secret is `vl_<prefix>_<random>`:
+the prefix finds the row, then the hash is compared in constant time.
+The random part carries 256 bits, so a fast hash is enough (nothing to
+brute-force the way a password would be).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.db.engine import Database
+from app.db.tables import api_keys
+from app.errors import NotFound, ValidationFailed
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
+
+
+class Role(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    WORKER = "worker"
+    ADMIN = "admin"
+
+
+#: What each role may do, by the permission a route asks for.
+GRANTS: dict[Role, frozenset[str]] = {
+    Role.READ: frozenset({"read"}),
+    Role.WRITE: frozenset({"read", "write"}),
+    Role.WORKER: frozenset({"read", "worker"}),
+    Role.ADMIN: frozenset({"read", "write", "worker", "admin"}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role
+
+    def may(self, permission: str) -> bool:
+        return permission in GRANTS[self.role]
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    name: str
+    role: Role
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_key(db: Database, name: str, role: Role, now: datetime) -> str:
+    """Create a key and return its secret, which is shown once and never stored."""
+    if not NAME_RE.match(name):
+        raise ValidationFailed("key name must be 1-100 characters: letters, digits, and _ . : @ -")
+    prefix = secrets.token_hex(6)
+    secret = f"vl_{prefix}_{secrets.token_urlsafe(32)}"
+    try:
+        with db.write() as conn:
+            conn.execute(
+                insert(api_keys).values(
+                    name=name,
+                    prefix=prefix,
+                    key_hash=_hash(secret),
+                    role=role.value,
+                    created_at=now,
+                )
+            )
+    except IntegrityError as exc:
+        raise ValidationFailed(f"a key named {name!r} already exists") from exc
+    return secret
+
+
+def list_keys(db: Database) -> list[KeyInfo]:
+    with db.read() as conn:
+        rows = conn.execute(
+            select(
+                api_keys.c.name,
+                api_keys.c.role,
+                api_keys.c.prefix,
+                api_keys.c.created_at,
+                api_keys.c.revoked_at,
+            ).order_by(api_keys.c.name)
+        )
+        return [KeyInfo(r.name, Role(r.role), r.prefix, r.created_at, r.revoked_at) for r in rows]
+
+
+def revoke_key(db: Database, name: str, now: datetime) -> None:
+    """Revoke at once: the next request with that key is refused."""
+    with db.write() as conn:
+        done = conn.execute(
+            update(api_keys)
+            .where(api_keys.c.name == name, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        if done.rowcount == 0:
+            raise NotFound(f"no active key named {name!r}")
+
+
+def any_keys(conn: Connection) -> bool:
+    return bool(conn.execute(select(func.count()).select_from(api_keys)).scalar())
+
+
+def verify(db: Database, secret: str) -> Principal | None:
+    """The principal a secret belongs to, or None for an unknown or revoked key."""
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != "vl":
+        return None
+    with db.read() as conn:
+        row = conn.execute(
+            select(
+                api_keys.c.name, api_keys.c.role, api_keys.c.key_hash, api_keys.c.revoked_at
+            ).where(api_keys.c.prefix == parts[1])
+        ).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    if not secrets.compare_digest(row.key_hash, _hash(secret)):
+        return None
+    return Principal(name=row.name, role=Role(row.role))
+
+
+def has_any_key(db: Database) -> bool:
+    with db.read() as conn:
+        return any_keys(conn)

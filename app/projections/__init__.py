@@ -1,0 +1,1 @@
+"""Read models derived only from the log."""

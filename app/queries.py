@@ -1,0 +1,203 @@
+"""Read use cases: status (now or as of then), history, listings, the feed, stats.
+
+Reads run on the reader engine in autocommit. A status read is one indexed
+single-row query; a batch is one query whatever its size.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+
+from app.db import dialect
+from app.db.engine import Database
+from app.db.tables import image_status, leases
+from app.errors import ValidationFailed
+from app.events import store
+from app.events.store import FeedFilter
+from app.events.types import Json
+from app.lifecycle import Status
+from app.projections import status as status_projection
+from app.projections.state import ProjectionInfo, describe
+from app.projections.status import StatusRow, fold, row_from_mapping
+from app.views import VideoState, event_body, status_body, transition_body
+
+_STATUS_QUERY = select(
+    *[image_status.c[name] for name in status_projection.COLUMNS],
+    leases.c.progress,
+).select_from(image_status.outerjoin(leases, leases.c.img_name == image_status.c.img_name))
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Json]
+    next_cursor: str | None
+
+
+def _state(mapping: Any) -> VideoState:
+    return VideoState(row=row_from_mapping(mapping), progress=mapping["progress"])
+
+
+def _never_seen(img_name: str) -> Json:
+    return status_body(VideoState(row=StatusRow(img_name=img_name)))
+
+
+def _encode(payload: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed("cursor is not one this API gave out", field="cursor") from exc
+    if not isinstance(value, list):
+        raise ValidationFailed("cursor is not one this API gave out", field="cursor")
+    return value
+
+
+class VideoQueries:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def status(self, img_name: str) -> Json:
+        """The current VideoStatus; an image never seen answers `none`, version 0."""
+        with self.db.read() as conn:
+            found = (
+                conn.execute(_STATUS_QUERY.where(image_status.c.img_name == img_name))
+                .mappings()
+                .first()
+            )
+        return status_body(_state(found)) if found is not None else _never_seen(img_name)
+
+    def status_as_of(
+        self, img_name: str, *, version: int | None = None, at: datetime | None = None
+    ) -> Json:
+        """The status as it was at stream `version` or at time `at`, folded from the log."""
+        with self.db.read() as conn:
+            stream = store.read_stream(conn, img_name, until_version=version, until_time=at)
+        return status_body(VideoState(row=fold(stream, img_name)))
+
+    def batch(self, img_names: list[str]) -> list[Json]:
+        """One VideoStatus per name, in the order asked, in one query."""
+        wanted = list(dict.fromkeys(img_names))
+        with self.db.read() as conn:
+            rows = conn.execute(
+                _STATUS_QUERY.where(dialect.in_list(conn, image_status.c.img_name, wanted))
+            ).mappings()
+            found = {r["img_name"]: status_body(_state(r)) for r in rows}
+        return [found.get(name) or _never_seen(name) for name in img_names]
+
+    def list_videos(
+        self,
+        *,
+        status: Status | None,
+        source_type: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> Page:
+        """Images newest `updated_at` first, with a keyset cursor."""
+        query = _STATUS_QUERY
+        if status is not None:
+            query = query.where(image_status.c.video_status == status.value)
+        if source_type is not None:
+            query = query.where(image_status.c.source_type == source_type)
+        if cursor is not None:
+            after = _decode(cursor)
+            try:
+                at, ident = datetime.fromisoformat(after[0]), int(after[1])
+            except (IndexError, TypeError, ValueError) as exc:
+                raise ValidationFailed("cursor is not one this API gave out") from exc
+            query = query.where(
+                or_(
+                    image_status.c.updated_at < at,
+                    and_(image_status.c.updated_at == at, image_status.c.id < ident),
+                )
+            )
+        query = query.order_by(image_status.c.updated_at.desc(), image_status.c.id.desc())
+        with self.db.read() as conn:
+            rows = list(
+                conn.execute(
+                    query.add_columns(image_status.c.id.label("_id")).limit(limit + 1)
+                ).mappings()
+            )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = None
+        if more:
+            last = rows[-1]
+            next_cursor = _encode([last["updated_at"].isoformat(), last["_id"]])
+        return Page(items=[status_body(_state(r)) for r in rows], next_cursor=next_cursor)
+
+    def history(self, img_name: str, *, limit: int, cursor: str | None) -> Page:
+        """Transitions of one image, oldest first."""
+        after = 0
+        if cursor is not None:
+            try:
+                after = int(_decode(cursor)[0])
+            except (IndexError, TypeError, ValueError) as exc:
+                raise ValidationFailed("cursor is not one this API gave out") from exc
+        with self.db.read() as conn:
+            got = store.read_stream(conn, img_name, after_version=after, limit=limit + 1)
+        more = len(got) > limit
+        got = got[:limit]
+        next_cursor = _encode([got[-1].version]) if more else None
+        return Page(items=[transition_body(e) for e in got], next_cursor=next_cursor)
+
+    def events(self, *, after: str | None, limit: int, filters: FeedFilter) -> Page:
+        """The global feed. `next_cursor` is where to continue (also at the end)."""
+        with self.db.read() as conn:
+            try:
+                page = store.read_all(conn, after=after, limit=limit, filters=filters)
+            except ValueError as exc:
+                raise ValidationFailed(
+                    "cursor is not one this feed gave out", field="after"
+                ) from exc
+        items = [event_body(e, store.cursor_of(e)) for e in page.events]
+        return Page(items=items, next_cursor=page.cursor)
+
+    def stats(self, now: datetime) -> Json:
+        """Counts by status and by source type, queue depth, oldest pending age."""
+        c = image_status.c
+        with self.db.read() as conn:
+            by_status: dict[str, int] = dict(
+                conn.execute(select(c.video_status, func.count()).group_by(c.video_status)).all()
+            )
+            by_source: dict[str, dict[str, int]] = {}
+            for source, st, n in conn.execute(
+                select(c.source_type, c.video_status, func.count()).group_by(
+                    c.source_type, c.video_status
+                )
+            ):
+                by_source.setdefault(source or "unknown", {})[st] = n
+            due, oldest = conn.execute(
+                select(
+                    func.count().filter(c.not_before <= now),
+                    func.min(c.requested_at),
+                ).where(c.video_status == Status.PENDING.value)
+            ).one()
+            processing = by_status.get(Status.PROCESSING.value, 0)
+        counts = {s.value: int(by_status.get(s.value, 0)) for s in Status if s is not Status.NONE}
+        counts["none"] = int(by_status.get("none", 0))
+        return {
+            "by_status": counts,
+            "by_source_type": by_source,
+            "total": sum(counts.values()),
+            "queue_depth": counts["pending"],
+            "due": int(due or 0),
+            "processing": processing,
+            "oldest_pending_age_seconds": round((now - oldest).total_seconds(), 3)
+            if oldest is not None
+            else None,
+        }
+
+    def projections(self) -> list[ProjectionInfo]:
+        with self.db.read() as conn:
+            return describe(conn)

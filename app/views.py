@@ -1,0 +1,90 @@
+"""Plain-JSON shapes of the resources the API answers with.
+
+The service stores idempotent answers in these shapes and the API returns
+them as they are, so a replay is byte-for-byte the first answer. The
+pydantic models in `app/api/schemas.py` document the same shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import quote
+
+from app.events.types import Json, RecordedEvent
+from app.lifecycle import Status
+from app.projections.status import StatusRow
+
+
+@dataclass(frozen=True, slots=True)
+class VideoState:
+    """An image's projected row plus the live, operational bits of its lease."""
+
+    row: StatusRow
+    progress: float | None = None
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def status_body(state: VideoState) -> Json:
+    row = state.row
+    error = None
+    if row.error_code is not None:
+        error = {
+            "code": row.error_code,
+            "message": row.error_message,
+            "retryable": bool(row.error_retryable),
+        }
+    processing = row.video_status is Status.PROCESSING
+    return {
+        "img_name": row.img_name,
+        "source_type": row.source_type,
+        "has_video": row.has_video,
+        "video_status": row.video_status.value,
+        "video_filename": row.video_filename if row.has_video else None,
+        "video_url": f"/v1/videos/{quote(row.img_name, safe='')}/content"
+        if row.has_video
+        else None,
+        "prompt": row.prompt,
+        "generation": row.generation,
+        "attempts": row.attempts,
+        "error": error,
+        "cancel_requested": row.cancel_requested,
+        "progress": (state.progress if state.progress is not None else 0.0) if processing else None,
+        "queued_seconds": None,
+        "generation_seconds": None,
+        "not_before": iso(row.not_before) if row.video_status is Status.PENDING else None,
+        "requested_at": iso(row.requested_at),
+        "started_at": iso(row.started_at),
+        "completed_at": iso(row.completed_at),
+        "updated_at": iso(row.updated_at),
+        "version": row.version,
+    }
+
+
+def transition_body(ev: RecordedEvent) -> Json:
+    return {
+        "version": ev.version,
+        "event_id": str(ev.event_id),
+        "event_type": ev.event_type.value,
+        "schema_version": ev.schema_version,
+        "from_status": ev.from_status.value,
+        "to_status": ev.to_status.value,
+        "occurred_at": iso(ev.recorded_at),
+        "actor": ev.actor,
+        "reason": ev.reason,
+        "correlation_id": ev.correlation_id,
+        "data": ev.data,
+    }
+
+
+def event_body(ev: RecordedEvent, cursor: str) -> Json:
+    return {"img_name": ev.img_name, "cursor": cursor, **transition_body(ev)}
