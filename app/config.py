@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     backoff_cap_seconds: float = Field(300.0, gt=0, le=86_400)
     pool_size: int = Field(20, ge=1, le=500)
     generator: str = "kenburns"
+    worker_concurrency: int = Field(1, ge=1, le=64)
+    shutdown_grace_seconds: float = Field(10.0, ge=0, le=3600)
+    task_timeout_seconds: float = Field(600.0, gt=0, le=86_400)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     cors_origins: list[str] = Field(default_factory=list)

@@ -62,6 +62,10 @@ class PayloadTooLarge(AppError):
     """The request body is over the size limit."""
 
 
+class RangeNotSatisfiable(AppError):
+    """A Range request that starts past the end of the file."""
+
+
 class Unavailable(AppError):
     """The database cannot be reached right now; the caller may retry."""
 

@@ -11,7 +11,12 @@ from typing import Any
 #: The current request's id, set by the API's RequestId middleware.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class _RequestIdFilter(logging.Filter):

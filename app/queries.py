@@ -52,14 +52,22 @@ def _encode(payload: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 
 
+MAX_INT = 2**31 - 1
+
+
+def bad_cursor(name: str = "cursor") -> ValidationFailed:
+    msg = f"{name} is not one this API gave out"
+    return ValidationFailed(msg, errors=[{"loc": ["query", name], "msg": msg}])
+
+
 def _decode(cursor: str) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("cursor is not one this API gave out", field="cursor") from exc
+        raise bad_cursor() from exc
     if not isinstance(value, list):
-        raise ValidationFailed("cursor is not one this API gave out", field="cursor")
+        raise bad_cursor()
     return value
 
 
@@ -114,7 +122,9 @@ class VideoQueries:
             try:
                 at, ident = datetime.fromisoformat(after[0]), int(after[1])
             except (IndexError, TypeError, ValueError) as exc:
-                raise ValidationFailed("cursor is not one this API gave out") from exc
+                raise bad_cursor() from exc
+            if at.tzinfo is None or not 0 <= ident <= 2**63 - 1:
+                raise bad_cursor()
             query = query.where(
                 or_(
                     image_status.c.updated_at < at,
@@ -143,7 +153,9 @@ class VideoQueries:
             try:
                 after = int(_decode(cursor)[0])
             except (IndexError, TypeError, ValueError) as exc:
-                raise ValidationFailed("cursor is not one this API gave out") from exc
+                raise bad_cursor() from exc
+            if not 0 <= after <= MAX_INT:
+                raise bad_cursor()
         with self.db.read() as conn:
             got = store.read_stream(conn, img_name, after_version=after, limit=limit + 1)
         more = len(got) > limit

@@ -13,6 +13,7 @@ import json
 import logging
 import random
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,7 @@ from app.events.types import Json, NewEvent, RecordedEvent
 from app.lifecycle import EventType, Status
 from app.projections import projector
 from app.projections.status import StatusRow
+from app.video_files import VideoFiles
 from app.views import VideoState, status_body
 
 log = logging.getLogger(__name__)
@@ -130,9 +132,12 @@ class VideoService:
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
         on_append: Callable[[list[RecordedEvent]], None] | None = None,
+        files: VideoFiles | None = None,
     ) -> None:
         self.db = db
         self.policy = policy or Policy()
+        self.files = files
+        self._local = threading.local()
         self.clock = clock
         self.jitter = jitter
         self._on_append = on_append
@@ -142,11 +147,17 @@ class VideoService:
     def _in_transaction(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in a write transaction, again after a lost race."""
         for _ in range(CONFLICT_RETRIES):
+            self._local.appended = []
             try:
                 with self.db.write() as conn:
-                    return work(conn)
+                    result = work(conn)
             except ConcurrencyConflict:
                 log.debug("concurrency conflict; deciding again")
+                continue
+            # Only now is the append visible to others: tell the listeners.
+            if self._on_append is not None and self._local.appended:
+                self._on_append(self._local.appended)
+            return result
         raise Unavailable("too many concurrent writers on this image; try again")
 
     def _append(
@@ -167,8 +178,7 @@ class VideoService:
                     "actor": r.actor,
                 },
             )
-        if self._on_append is not None:
-            self._on_append(recorded)
+        self._local.appended.extend(recorded)
         return result
 
     @staticmethod
@@ -360,9 +370,12 @@ class VideoService:
     ) -> Answer:
         """Delete a completed, failed or cancelled video; the status becomes `none`."""
 
+        removed: list[str | None] = [None]
+
         def decide(_: Connection, row: StatusRow | None) -> list[NewEvent]:
             key = idem.key if idem else None
-            data = ev.deleted(row.video_filename if row is not None else None)
+            removed[0] = row.video_filename if row is not None else None
+            data = ev.deleted(removed[0])
             return [
                 self._event(
                     row,
@@ -375,7 +388,10 @@ class VideoService:
                 )
             ]
 
-        return self._client_write(img_name, idem, 200, decide)
+        answer = self._client_write(img_name, idem, 200, decide)
+        if not answer.replayed and self.files is not None:
+            self.files.remove(removed[0])  # only once the event has committed
+        return answer
 
     # --- worker commands ------------------------------------------------------
 
@@ -505,13 +521,21 @@ class VideoService:
     def complete_task(
         self, img_name: str, token: str, video_filename: str, *, metadata: Json | None = None
     ) -> Json:
-        """Record the finished video. Raises `LeaseLost` if the lease is not current."""
+        """Record the finished video. Raises `LeaseLost` if the lease is not current.
+
+        The video it replaces (a regeneration) is removed once this commits.
+        """
         data = ev.completed(video_filename, metadata or {})
-        return self._finish(
-            img_name,
-            token,
-            lambda row, actor: self._event(row, img_name, EventType.COMPLETED, data, actor),
-        )
+        replaced: list[str | None] = [None]
+
+        def build(row: StatusRow, actor: Actor) -> NewEvent:
+            replaced[0] = row.video_filename if row.video_filename != video_filename else None
+            return self._event(row, img_name, EventType.COMPLETED, data, actor)
+
+        body = self._finish(img_name, token, build)
+        if self.files is not None:
+            self.files.remove(replaced[0])
+        return body
 
     def fail_task(
         self, img_name: str, token: str, error_code: str, error_message: str, retryable: bool

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
 
 from app.api import errors
 from app.api.deps import AuthGate
@@ -18,6 +20,10 @@ from app.config import Settings
 from app.db.engine import Database, open_database
 from app.queries import VideoQueries
 from app.service import Policy, VideoService
+from app.video_files import VideoFiles
+from app.worker.backend import LocalBackend
+from app.worker.loop import run_reaper as reaper_loop
+from app.worker.runtime import WakeOnPending, start_embedded
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +55,24 @@ def policy_of(settings: Settings) -> Policy:
 
 
 def create_app(
-    settings: Settings, *, db: Database | None = None, host: str = "127.0.0.1"
+    settings: Settings,
+    *,
+    db: Database | None = None,
+    host: str = "127.0.0.1",
+    run_worker: bool = False,
+    run_reaper: bool = False,
 ) -> FastAPI:
-    """Build the app. `host` is where it will listen: open mode only on loopback."""
+    """Build the app. `host` is where it will listen: open mode only on loopback.
+
+    `run_worker` runs the worker loop in-process (the embedded default);
+    `run_reaper` alone runs just the expired-lease reaper.
+    """
     database = db or open_database(settings.database_url, pool_size=settings.pool_size)
     owns_db = db is None
+    wake = WakeOnPending()
+    service = VideoService(
+        database, policy_of(settings), on_append=wake, files=VideoFiles(settings.videos_dir)
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -62,7 +81,20 @@ def create_app(
                 "no API keys exist: running OPEN on loopback; every request acts as "
                 "'anonymous' with role admin. Create a key with 'vidledger keys create'."
             )
+        stop = threading.Event()
+        embedded = None
+        if run_worker:
+            embedded = start_embedded(
+                settings, service, wake.event, concurrency=settings.worker_concurrency
+            )
+        elif run_reaper:
+            threading.Thread(
+                target=reaper_loop, args=(LocalBackend(service), stop), daemon=True
+            ).start()
         yield
+        stop.set()
+        if embedded is not None:
+            await run_in_threadpool(embedded.stop)
         if owns_db:
             database.dispose()
 
@@ -75,7 +107,8 @@ def create_app(
     )
     app.state.settings = settings
     app.state.db = database
-    app.state.service = VideoService(database, policy_of(settings))
+    app.state.service = service
+    app.state.files = service.files
     app.state.queries = VideoQueries(database)
     app.state.auth = AuthGate(database, loopback=is_loopback(host))
     app.state.metrics_registry = CollectorRegistry()

@@ -7,9 +7,8 @@ starvation).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,8 +23,6 @@ from app.queries import VideoQueries
 from app.service import Actor, VideoService
 
 ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
-#: How long "no key exists" is believed before asking the database again.
-OPEN_MODE_RECHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -35,14 +32,13 @@ class AuthGate:
     db: Database
     loopback: bool
     _keys_exist: bool = False
-    _checked_at: float = field(default=-1e9)
 
     def keys_exist(self) -> bool:
-        # Keys are never deleted (revoked ones stay), so once true it stays true.
-        now = time.monotonic()
-        if not self._keys_exist and now - self._checked_at > OPEN_MODE_RECHECK_SECONDS:
+        # Keys are never deleted (revoked ones stay), so once true it stays
+        # true. While false, ask every time: the first key closes open mode at
+        # once, even in a server that is already running.
+        if not self._keys_exist:
             self._keys_exist = keys.has_any_key(self.db)
-            self._checked_at = now
         return self._keys_exist
 
     def identify(self, secret: str | None) -> Principal:

@@ -36,6 +36,7 @@ ERROR_TABLE: list[tuple[type[e.AppError], int, str]] = [
     (e.Unauthorized, 401, "unauthorized"),
     (e.Forbidden, 403, "forbidden"),
     (e.PayloadTooLarge, 413, "payload_too_large"),
+    (e.RangeNotSatisfiable, 416, "range_not_satisfiable"),
     (e.Unavailable, 503, "unavailable"),
 ]
 
@@ -54,6 +55,8 @@ def problem(status: int, detail: str, code: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if status == 503:
         headers = {"Retry-After": "1"}
+    if status == 416 and "size" in extra:
+        headers = {"Content-Range": f"bytes */{extra['size']}"}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -88,6 +91,8 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, e.AppError)
     status, code = status_and_code(exc)
     extra = {k: v for k, v in exc.extra.items() if k not in {"detail", "code", "status"}}
+    if status == 422 and "errors" not in extra:
+        extra["errors"] = [{"loc": [], "msg": exc.detail}]
     return problem(status, exc.detail, code, **extra)
 
 

@@ -160,7 +160,7 @@ def parse_cursor(conn: Connection, cursor: str) -> tuple[int, int]:
         if len(parts) != 1:
             raise ValueError("not a cursor of this feed")
         tx, pos = 0, int(parts[0])
-    if tx < 0 or pos < 0:
+    if not (0 <= tx < 2**63 and 0 <= pos < 2**63):
         raise ValueError("not a cursor of this feed")
     return tx, pos
 

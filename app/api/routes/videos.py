@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from app.api.deps import Queries, Reader, Service, Writer, actor
 from app.api.deps import checked_name as _name
@@ -23,7 +24,7 @@ from app.api.schemas import (
     VideoStatus,
     VideoStatusName,
 )
-from app.errors import ValidationFailed
+from app.errors import NotFound, RangeNotSatisfiable, ValidationFailed
 from app.lifecycle import Status
 from app.service import Answer, Idempotency
 
@@ -129,6 +130,51 @@ def has_video(img_name: str, _: Reader, q: Queries) -> Response:
 
 
 @router.get(
+    "/videos/{img_name:path}/content",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"video/mp4": {}}, "description": "the video (Range supported)"},
+        206: {"content": {"video/mp4": {}}, "description": "part of the video"},
+        **responses(401, 403, 404, 416, 422),
+    },
+    summary="The current video file of an image",
+)
+def video_content(img_name: str, request: Request, _: Reader, q: Queries) -> Response:
+    body = q.status(_name(img_name))
+    if not body["has_video"] or body["video_filename"] is None:
+        raise NotFound(f"{img_name!r} has no video")
+    path = request.app.state.files.path(body["video_filename"])
+    _check_range(request.headers.get("range"), path.stat().st_size)
+    return FileResponse(path, media_type="video/mp4")
+
+
+_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)(,\s*(\d*)-(\d*))*$")
+
+
+def _check_range(header: str | None, size: int) -> None:
+    """Refuse a Range that cannot be served as problem JSON, before the file
+    response would answer it in plain text."""
+    if header is None:
+        return
+    if not _RANGE_RE.match(header.strip()):
+        raise ValidationFailed(
+            "Range must look like 'bytes=START-END'",
+            errors=[{"loc": ["header", "range"], "msg": "malformed Range header"}],
+        )
+    for part in header.strip()[len("bytes=") :].split(","):
+        start, _, end = part.strip().partition("-")
+        if (start == "" and end == "") or (start and end and int(start) > int(end)):
+            raise ValidationFailed(
+                "Range must look like 'bytes=START-END' with START <= END",
+                errors=[{"loc": ["header", "range"], "msg": "malformed Range header"}],
+            )
+        if start and int(start) >= size:
+            raise RangeNotSatisfiable(
+                f"the video is {size} bytes; the range starts past its end", size=size
+            )
+
+
+@router.get(
     "/videos/{img_name:path}/history",
     response_model=HistoryPage,
     responses=READ_ERRORS,
@@ -209,7 +255,7 @@ def get_status(
     _: Reader,
     q: Queries,
     at: Annotated[datetime | None, Query(description="RFC 3339 time")] = None,
-    version: Annotated[int | None, Query(ge=0)] = None,
+    version: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
 ) -> Response:
     name = _name(img_name)
     if at is not None and version is not None:

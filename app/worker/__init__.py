@@ -1,0 +1,1 @@
+"""The worker: claims tasks, runs a generator, records each step."""

@@ -1,0 +1,356 @@
+"""The worker loop against a real database: exactly once, crashes, cancel,
+retries, shutdown and hostile names. Runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from PIL import Image
+
+from app.config import Settings
+from app.db.engine import Database
+from app.events import store
+from app.lifecycle import EventType
+from app.queries import VideoQueries
+from app.service import Actor, Policy, VideoService
+from app.video_files import VideoFiles
+from app.worker.backend import LocalBackend
+from app.worker.generators import (
+    GeneratedVideo,
+    GenerationError,
+    GenerationRequest,
+    KenBurnsGenerator,
+    VideoGenerator,
+)
+from app.worker.loop import Worker, WorkerConfig
+
+ME = Actor("tester")
+TINY = {"duration_seconds": 0.5, "fps": 4}  # 2 frames: fast
+
+
+def make_png(folder: Path, name: str, size: tuple[int, int] = (64, 48)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    Image.new("RGB", size, (200, 80, 40)).save(path, format="PNG")
+    return path
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    return tmp_path / "images", tmp_path / "videos"
+
+
+@pytest.fixture
+def svc(database: Database, dirs: tuple[Path, Path]) -> VideoService:
+    policy = Policy(
+        max_attempts=3, lease_seconds=3, backoff_base_seconds=0.05, backoff_cap_seconds=0.1
+    )
+    return VideoService(database, policy, files=VideoFiles(dirs[1]))
+
+
+class Running:
+    """Workers in threads, stopped and joined at the end of the test."""
+
+    def __init__(self) -> None:
+        self.workers: list[tuple[Worker, threading.Thread]] = []
+
+    def start(
+        self,
+        svc: VideoService,
+        dirs: tuple[Path, Path],
+        worker_id: str,
+        generator: VideoGenerator | None = None,
+        **config: Any,
+    ) -> Worker:
+        cfg = WorkerConfig(
+            worker_id=worker_id,
+            images_dir=dirs[0],
+            videos_dir=dirs[1],
+            poll_seconds=0.05,
+            reap_seconds=0.2,
+            **config,
+        )
+        worker = Worker(LocalBackend(svc), generator or KenBurnsGenerator(), cfg)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        self.workers.append((worker, thread))
+        return worker
+
+    def stop(self) -> None:
+        for worker, _ in self.workers:
+            worker.stop.set()
+            worker.wake.set()
+        for _, thread in self.workers:
+            thread.join(30)
+
+
+@pytest.fixture
+def running() -> Iterator[Running]:
+    r = Running()
+    yield r
+    r.stop()
+
+
+def history(database: Database, img: str) -> list[Any]:
+    with database.read() as conn:
+        return store.read_stream(conn, img)
+
+
+def test_a_requested_image_becomes_a_playable_mp4(
+    svc: VideoService, database: Database, dirs: tuple[Path, Path], running: Running
+) -> None:
+    make_png(dirs[0], "cat.png", (640, 480))
+    svc.request_video("cat.png", "scene", ME, params={"duration_seconds": 1.0, "fps": 12})
+    running.start(svc, dirs, "w1")
+    q = VideoQueries(database)
+    wait_for(lambda: q.status("cat.png")["video_status"] == "completed")
+    status = q.status("cat.png")
+    path = dirs[1] / status["video_filename"]
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = list(container.decode(stream))
+        assert stream.codec_context.name == "h264"
+        assert (stream.codec_context.width, stream.codec_context.height) == (640, 480)
+    assert len(frames) == 12
+    completed = history(database, "cat.png")[-1]
+    assert completed.data["metadata"]["frames"] == 12
+
+
+def test_4_workers_40_tasks_each_completes_exactly_once(
+    svc: VideoService, database: Database, dirs: tuple[Path, Path], running: Running
+) -> None:
+    names = [f"img{i:02d}.png" for i in range(40)]
+    for name in names:
+        make_png(dirs[0], name, (32, 32))
+        svc.request_video(name, "scene", ME, params=TINY)
+    for w in range(4):
+        running.start(svc, dirs, f"w{w}")
+    q = VideoQueries(database)
+    wait_for(lambda: q.stats(q_now())["by_status"]["completed"] == 40, timeout=120)
+    for name in names:
+        events = history(database, name)
+        kinds = Counter(e.event_type for e in events)
+        assert kinds[EventType.COMPLETED] == 1, name
+        # No task was held by two workers at once: every start is followed by
+        # its own outcome before the next start.
+        holder = None
+        for e in events:
+            if e.event_type is EventType.PROCESSING_STARTED:
+                assert holder is None, f"{name} claimed twice at once"
+                holder = e.actor
+            elif e.event_type in (EventType.COMPLETED, EventType.RETRY_SCHEDULED, EventType.FAILED):
+                assert e.actor in (holder, "system:reaper")
+                holder = None
+
+
+def q_now() -> Any:
+    from app.service import utcnow
+
+    return utcnow()
+
+
+class AlwaysFlaky:
+    name = "flaky"
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: Callable[[float], None],
+        should_stop: Callable[[], bool],
+    ) -> GeneratedVideo:
+        raise GenerationError("generator.timeout", "the GPU did not answer", retryable=True)
+
+
+def test_retryable_failures_end_failed_after_max_attempts_with_backoff(
+    svc: VideoService, database: Database, dirs: tuple[Path, Path], running: Running
+) -> None:
+    make_png(dirs[0], "a.png")
+    svc.request_video("a.png", "scene", ME)
+    running.start(svc, dirs, "w1", generator=AlwaysFlaky())
+    q = VideoQueries(database)
+    wait_for(lambda: q.status("a.png")["video_status"] == "failed")
+    events = history(database, "a.png")
+    retries = [e for e in events if e.event_type is EventType.RETRY_SCHEDULED]
+    assert len(retries) == 2  # MAX_ATTEMPTS 3: two retries, then failed
+    for r in retries:
+        assert r.data["error"]["code"] == "generator.timeout"
+        assert r.data["not_before"] > r.recorded_at.isoformat()  # a real backoff
+    final = q.status("a.png")
+    assert (final["attempts"], final["error"]["code"]) == (3, "generator.timeout")
+
+
+class Slow:
+    """Generates slowly (real frames, long video) so that tests can act mid-way."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.inner = KenBurnsGenerator()
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        progress: Callable[[float], None],
+        should_stop: Callable[[], bool],
+    ) -> GeneratedVideo:
+        self.started.set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            progress(0.5)
+            if should_stop():
+                from app.worker.generators import GenerationCancelled
+
+                raise GenerationCancelled()
+            time.sleep(0.02)
+        return self.inner.generate(request, progress, should_stop)
+
+
+def test_cancel_during_processing_stops_generation_and_ends_cancelled(
+    svc: VideoService, database: Database, dirs: tuple[Path, Path], running: Running
+) -> None:
+    make_png(dirs[0], "a.png")
+    svc.request_video("a.png", "scene", ME)
+    slow = Slow()
+    running.start(svc, dirs, "w1", generator=slow)
+    assert slow.started.wait(30)
+    q = VideoQueries(database)
+    wait_for(lambda: (q.status("a.png")["progress"] or 0) > 0)  # heartbeats carry progress
+    svc.cancel_video("a.png", ME)
+    wait_for(lambda: q.status("a.png")["video_status"] == "cancelled", timeout=20)
+    last = history(database, "a.png")[-1]
+    assert last.event_type is EventType.CANCELLED and last.actor == "worker:w1"
+    assert not list(dirs[1].glob("*.mp4")), "a cancelled generation leaves no file"
+
+
+def test_shutdown_releases_a_running_task_without_using_an_attempt(
+    svc: VideoService, database: Database, dirs: tuple[Path, Path]
+) -> None:
+    make_png(dirs[0], "a.png")
+    svc.request_video("a.png", "scene", ME)
+    slow = Slow()
+    cfg = WorkerConfig("w1", dirs[0], dirs[1], poll_seconds=0.05, grace_seconds=0.2)
+    worker = Worker(LocalBackend(svc), slow, cfg)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    assert slow.started.wait(30)
+    worker.stop.set()
+    worker.wake.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    status = VideoQueries(database).status("a.png")
+    assert (status["video_status"], status["attempts"]) == ("pending", 0)
+    assert history(database, "a.png")[-1].data["released"] is True
+
+
+def test_hostile_names_never_read_outside_the_images_folder(
+    svc: VideoService, database: Database, dirs: tuple[Path, Path], running: Running, tmp_path: Path
+) -> None:
+    secret = make_png(tmp_path / "outside", "secret.png")
+    dirs[0].mkdir(parents=True, exist_ok=True)
+    (dirs[0] / "link.png").symlink_to(secret)
+    for name in ("link.png", "..%2Fsecret.png", "~root"):
+        svc.request_video(name, "scene", ME, params=TINY)
+    running.start(svc, dirs, "w1")
+    q = VideoQueries(database)
+    wait_for(
+        lambda: all(
+            q.status(n)["video_status"] == "failed"
+            for n in ("link.png", "..%2Fsecret.png", "~root")
+        )
+    )
+    for name in ("link.png", "..%2Fsecret.png", "~root"):
+        error = q.status(name)["error"]
+        assert error["code"] == "image.not_found" and not error["retryable"]
+    assert not list(dirs[1].glob("*.mp4"))
+
+
+def _worker_process(settings: Settings, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "VIDLEDGER_DATABASE_URL": settings.database_url,
+        "VIDLEDGER_IMAGES_DIR": str(settings.images_dir),
+        "VIDLEDGER_VIDEOS_DIR": str(settings.videos_dir),
+        **env_extra,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--worker-id", "doomed"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_generation_is_recovered_by_the_reaper(
+    settings: Settings, database: Database, dirs: tuple[Path, Path], running: Running
+) -> None:
+    make_png(settings.images_dir, "big.png", (640, 360))
+    policy = Policy(
+        max_attempts=3, lease_seconds=2, backoff_base_seconds=0.05, backoff_cap_seconds=0.1
+    )
+    svc = VideoService(database, policy, files=VideoFiles(settings.videos_dir))
+    # A long video keeps the doomed worker busy for a while.
+    svc.request_video("big.png", "scene", ME, params={"duration_seconds": 10, "fps": 24})
+    proc = _worker_process(settings, {"VIDLEDGER_LEASE_SECONDS": "2"})
+    q = VideoQueries(database)
+    try:
+        wait_for(lambda: q.status("big.png")["video_status"] == "processing", timeout=60)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+    running.start(
+        svc, (settings.images_dir, settings.videos_dir), "rescuer", task_timeout_seconds=120
+    )
+    wait_for(lambda: q.status("big.png")["video_status"] == "completed", timeout=120)
+    events = history(database, "big.png")
+    retry = next(e for e in events if e.event_type is EventType.RETRY_SCHEDULED)
+    assert retry.actor == "system:reaper"
+    assert retry.data["error"]["code"] == "lease.expired"
+    starts = [e.actor for e in events if e.event_type is EventType.PROCESSING_STARTED]
+    assert starts == ["worker:doomed", "worker:rescuer"]
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_task_releases_it_and_exits_0(
+    settings: Settings, database: Database
+) -> None:
+    make_png(settings.images_dir, "big.png", (1280, 720))
+    svc = VideoService(database, Policy(), files=VideoFiles(settings.videos_dir))
+    svc.request_video("big.png", "scene", ME, params={"duration_seconds": 30, "fps": 24})
+    proc = _worker_process(settings, {"VIDLEDGER_SHUTDOWN_GRACE_SECONDS": "0.5"})
+    q = VideoQueries(database)
+    try:
+        wait_for(lambda: q.status("big.png")["video_status"] == "processing", timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 0, out.decode()
+    status = q.status("big.png")
+    assert (status["video_status"], status["attempts"]) == ("pending", 0)
+    assert b"released" in out
