@@ -1,0 +1,70 @@
+"""`vidledger db …` and `vidledger keys …`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from app import keys as key_store
+from app.cli.base import cli, ctx, err, out, when
+from app.db import migrate
+from app.keys import Role
+from app.service import utcnow
+
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(keys_cli, name="keys")
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the schema to the newest revision."""
+    url = ctx().settings.database_url
+    migrate.upgrade(url)
+    err.print(f"database at revision {migrate.current_revision(url)}")
+
+
+@db_cli.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target, e.g. base")]) -> None:
+    """Step the schema back to REVISION (base drops everything)."""
+    migrate.downgrade(ctx().settings.database_url, revision)
+    err.print(f"database at revision {migrate.current_revision(ctx().settings.database_url)}")
+
+
+@db_cli.command("current")
+def db_current() -> None:
+    """Print the schema's revision."""
+    out.print(migrate.current_revision(ctx().settings.database_url) or "(empty)")
+
+
+# --- keys ---------------------------------------------------------------------
+
+
+@keys_cli.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="who the key is for; recorded as the actor")],
+    role: Annotated[Role, typer.Option(help="read, write, worker or admin")] = Role.READ,
+) -> None:
+    """Create a key. Prints only the secret, once; it is stored hashed."""
+    secret = key_store.create_key(ctx().db, name, role, utcnow())
+    print(secret)
+    err.print(f"created key {name!r} with role {role.value}; keep the secret, it is not stored")
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    table = Table("name", "role", "prefix", "created", "revoked")
+    for k in key_store.list_keys(ctx().db):
+        table.add_row(k.name, k.role.value, k.prefix, when(k.created_at), when(k.revoked_at))
+    out.print(table)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(name: str) -> None:
+    """Revoke a key; requests with it are refused at once."""
+    key_store.revoke_key(ctx().db, name, utcnow())
+    err.print(f"revoked key {name!r}")

@@ -1,0 +1,72 @@
+"""The CLI's shared pieces: the root Typer app, the consoles, and the run context."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import typer
+from rich.console import Console
+
+from app.config import Settings
+from app.db import migrate
+from app.db.engine import Database, open_database
+from app.errors import ConfigError
+
+log = logging.getLogger("vidledger")
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+cli = typer.Typer(
+    name="vidledger",
+    help="Event-sourced video status service for image apps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Context:
+    """Settings and a lazily opened database, shared by one command run."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._db: Database | None = None
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            ensure_migrated(self.settings.database_url)
+            self._db = open_database(self.settings.database_url, pool_size=4)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.dispose()
+
+
+_current: list[Context] = []
+
+
+def enter(settings: Settings) -> Context:
+    """Start a command run with `settings` (main() calls this)."""
+    _current.append(Context(settings))
+    return _current[-1]
+
+
+def leave() -> None:
+    _current.pop().close()
+
+
+def ctx() -> Context:
+    assert _current, "commands run through app.cli.main()"
+    return _current[-1]
+
+
+def ensure_migrated(url: str) -> None:
+    if migrate.current_revision(url) != migrate.head_revision():
+        raise ConfigError("the database schema is not current: run 'vidledger db upgrade'")
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"

@@ -1,0 +1,56 @@
+"""`vidledger status IMG` and `vidledger history IMG`: readable tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from app.cli.base import cli, ctx, err, out
+from app.errors import ConfigError
+from app.naming import img_name_problem
+from app.queries import VideoQueries
+
+
+def _checked(img: str) -> str:
+    problem = img_name_problem(img)
+    if problem is not None:
+        raise ConfigError(problem)
+    return img
+
+
+@cli.command()
+def status(img: str) -> None:
+    """Show the current status of one image."""
+    body = VideoQueries(ctx().db).status(_checked(img))
+    table = Table("field", "value", show_header=False)
+    for field, value in body.items():
+        table.add_row(field, _cell(value))
+    out.print(table)
+
+
+@cli.command()
+def history(img: str, limit: int = 1000) -> None:
+    """Show every transition of one image."""
+    page = VideoQueries(ctx().db).history(_checked(img), limit=limit, cursor=None)
+    table = Table("v", "when", "event", "from → to", "actor", "reason")
+    for item in page.items:
+        table.add_row(
+            str(item["version"]),
+            item["occurred_at"],
+            item["event_type"],
+            f"{item['from_status']} → {item['to_status']}",
+            item["actor"],
+            item["reason"] or "",
+        )
+    out.print(table)
+    if not page.items:
+        err.print(f"no events for {img!r}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
