@@ -1,0 +1,1 @@
+"""`make bench`: reproducible figures, each next to a baseline from the same run."""

@@ -1,0 +1,60 @@
+"""A results table: printed, and written to bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+@dataclass
+class Row:
+    figure: str
+    project: str
+    baseline: str
+    ratio: str
+    target: str = "reported"
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(
+            f"  {row.figure}: {row.project} | baseline {row.baseline} | ratio {row.ratio}",
+            flush=True,
+        )
+
+    def table(self) -> str:
+        lines = [
+            "| figure | project | baseline (same run) | ratio | target |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r.figure} | {r.project} | {r.baseline} | {r.ratio} | {r.target} |"
+            for r in self.rows
+        ]
+        return "\n".join(lines)
+
+    def write(self, title: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        body = [
+            f"# {title}",
+            "",
+            f"Run {stamp} on {platform.node()} ({platform.machine()}, Python {platform.python_version()}).",
+            "Regenerate with `make bench`.",
+            "",
+            self.table(),
+            "",
+        ]
+        body += [f"- {n}" for n in self.notes]
+        RESULTS.write_text("\n".join(body) + "\n")
+        print()
+        print(self.table())
+        print(f"\nwritten to {RESULTS}")
