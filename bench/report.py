@@ -47,7 +47,8 @@ class Report:
         body = [
             f"# {title}",
             "",
-            f"Run {stamp} on {platform.node()} ({platform.machine()}, Python {platform.python_version()}).",
+            f"Run {stamp} on {platform.node()} ({platform.machine()}, "
+            f"Python {platform.python_version()}).",
             "Regenerate with `make bench`.",
             "",
             self.table(),
