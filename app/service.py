@@ -429,7 +429,7 @@ class VideoService:
             token = secrets.token_hex(16)
             expires = now + timedelta(seconds=seconds)
             attempt = row.attempts + 1
-            data = ev.processing_started(worker_id, token, expires, attempt)
+            data = ev.processing_started(worker_id, expires, attempt)
             row = self._append(
                 conn,
                 row,

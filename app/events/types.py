@@ -77,12 +77,11 @@ def requested(source_type: str, prompt: str | None, params: Json, regenerate: bo
     }
 
 
-def processing_started(
-    worker_id: str, lease_token: str, lease_expires_at: datetime, attempt: int
-) -> Json:
+def processing_started(worker_id: str, lease_expires_at: datetime, attempt: int) -> Json:
+    """The lease token itself stays out of the log: every reader can see events,
+    and a token is the right to write a worker's result."""
     return {
         "worker_id": worker_id,
-        "lease_token": lease_token,
         "lease_expires_at": lease_expires_at.isoformat(),
         "attempt": attempt,
     }

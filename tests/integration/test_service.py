@@ -235,3 +235,13 @@ def test_status_as_of_a_version_or_time_folds_the_log(
         **now,
         "progress": None,
     }
+
+
+def test_the_lease_token_never_reaches_the_log(svc: VideoService, queries: VideoQueries) -> None:
+    """Every reader sees the log; a token there would let anyone write a worker's result."""
+    svc.request_video("a.png", "scene", ME)
+    task = svc.claim_task("w1")
+    assert task is not None
+    page = queries.events(after=None, limit=100, filters=store.FeedFilter())
+    assert task.lease_token not in repr(page.items)
+    assert task.lease_token not in repr(queries.history("a.png", limit=100, cursor=None).items)

@@ -54,7 +54,7 @@ class Stream:
         )
 
     def start(self, attempt: int) -> StatusRow:
-        data = ev.processing_started("w1", "tok", T0 + timedelta(hours=1), attempt)
+        data = ev.processing_started("w1", T0 + timedelta(hours=1), attempt)
         return self.add(EventType.PROCESSING_STARTED, Status.PROCESSING, data)
 
     def complete(self, filename: str) -> StatusRow:

@@ -1,0 +1,154 @@
+"""The `vidledger` command, in process through `main([...])`, and once as a subprocess."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.db.engine import Database, open_database
+from app.keys import Role, verify
+from app.service import Actor, VideoService
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No stray VIDLEDGER_* variable or .env file; logging restored after `main`."""
+    for name in list(os.environ):
+        if name.startswith("VIDLEDGER_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def cli_db(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("VIDLEDGER_DATABASE_URL", db_url)
+    return db_url
+
+
+def test_keys_create_prints_only_the_secret(
+    cli_db: str, database: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "create", "frontend", "--role", "write"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 1
+    secret = lines[0]
+    assert secret.startswith("vl_")
+    principal = verify(database, secret)
+    assert principal is not None
+    assert (principal.name, principal.role) == ("frontend", Role.WRITE)
+
+
+def test_keys_list_shows_names_and_roles_never_secrets(
+    cli_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "create", "frontend", "--role", "write"]) == 0
+    assert main(["keys", "create", "gpu", "--role", "worker"]) == 0
+    secrets = capsys.readouterr().out.split()
+    assert main(["keys", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "frontend" in listing and "write" in listing
+    assert "gpu" in listing and "worker" in listing
+    for secret in secrets:
+        assert secret not in listing
+        assert secret.rsplit("_", 1)[-1] not in listing
+
+
+def test_keys_revoke(cli_db: str, database: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "create", "frontend", "--role", "write"]) == 0
+    secret = capsys.readouterr().out.strip()
+    assert main(["keys", "revoke", "frontend"]) == 0
+    assert verify(database, secret) is None
+    capsys.readouterr()
+    assert main(["keys", "revoke", "frontend"]) == 1
+    err = capsys.readouterr().err
+    assert "frontend" in err
+    assert "Traceback" not in err
+
+
+def test_status_and_history_print_tables(
+    cli_db: str, service: VideoService, capsys: pytest.CaptureFixture[str]
+) -> None:
+    service.request_video("cat.png", "role_card", Actor("tester"), prompt="zoom")
+    assert main(["status", "cat.png"]) == 0
+    shown = capsys.readouterr().out
+    assert "pending" in shown
+    assert "role_card" in shown
+    assert "cat.png" in shown
+
+    assert main(["history", "cat.png"]) == 0
+    shown = capsys.readouterr().out
+    assert "VideoRequested" in shown
+    assert "tester" in shown
+    assert "pending" in shown
+
+
+def test_status_of_an_image_never_seen(cli_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "never.png"]) == 0
+    assert "none" in capsys.readouterr().out
+
+
+def test_bad_setting_is_one_line_and_exit_2(
+    cli_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VIDLEDGER_MAX_ATTEMPTS", "abc")
+    assert main(["keys", "list"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1
+    assert "VIDLEDGER_MAX_ATTEMPTS" in lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_unmigrated_sqlite_asks_for_db_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VIDLEDGER_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert main(["keys", "list"]) == 2
+    err = capsys.readouterr().err
+    assert "vidledger db upgrade" in err
+    assert "Traceback" not in err
+
+
+def test_end_to_end_as_a_subprocess(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'e2e.db'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDLEDGER_")}
+    env["VIDLEDGER_DATABASE_URL"] = url
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    upgraded = run("db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    made = run("keys", "create", "x", "--role", "admin")
+    assert made.returncode == 0, made.stderr
+    lines = made.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vl_")
+    db = open_database(url, pool_size=1)
+    try:
+        principal = verify(db, lines[0])
+    finally:
+        db.dispose()
+    assert principal is not None
+    assert (principal.name, principal.role) == ("x", Role.ADMIN)
