@@ -273,7 +273,8 @@ class Worker:
         done: threading.Event,
     ) -> None:
         lease = (task.lease_expires_at.timestamp() - time.time()) or 30.0
-        interval = max(0.2, min(10.0, lease / 3))
+        # Often enough that progress is visible, and well inside the lease.
+        interval = max(0.2, min(2.0, lease / 3))
         while not done.wait(interval):
             try:
                 beat = self.backend.heartbeat(task.img_name, task.lease_token, progress[0])
