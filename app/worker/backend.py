@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from app.errors import LeaseLost, Unavailable
+from app.errors import AppError, Forbidden, LeaseLost, Unauthorized, Unavailable
 from app.service import Heartbeat, Task, VideoService
 
 
@@ -35,6 +35,8 @@ class TaskBackend(Protocol):
     def release(self, img_name: str, token: str) -> None: ...
 
     def reap(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class LocalBackend:
@@ -70,6 +72,9 @@ class LocalBackend:
     def reap(self) -> int:
         return self.service.reap_expired_leases()
 
+    def close(self) -> None:
+        """The service's database belongs to whoever built it."""
+
 
 class RemoteBackend:
     """The worker HTTP API of another vidledger server (role `worker` key)."""
@@ -86,12 +91,24 @@ class RemoteBackend:
             response = self.http.post(path, json=body)
         except httpx.HTTPError as exc:
             raise Unavailable(f"cannot reach {self.http.base_url}: {exc}") from exc
-        if response.status_code == 409 and response.json().get("code") == "lease_lost":
-            raise LeaseLost(response.json().get("detail", "lease lost"))
-        if response.status_code >= 500:
-            raise Unavailable(f"{path} answered {response.status_code}")
-        response.raise_for_status()
-        return response
+        status = response.status_code
+        if status < 400:
+            return response
+        try:
+            detail = str(response.json().get("detail", ""))
+            code = response.json().get("code")
+        except ValueError:
+            detail, code = response.text[:200], None
+        message = f"{path} answered {status}: {detail}"
+        if code == "lease_lost":
+            raise LeaseLost(detail)
+        if status == 401:
+            raise Unauthorized(message)
+        if status == 403:
+            raise Forbidden(message)
+        if status >= 500:
+            raise Unavailable(message)
+        raise AppError(message)
 
     @staticmethod
     def _task_path(img_name: str, action: str) -> str:
@@ -155,3 +172,6 @@ class RemoteBackend:
 
     def reap(self) -> int:
         return 0  # the server's own reaper recovers expired leases
+
+    def close(self) -> None:
+        self.http.close()

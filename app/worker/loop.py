@@ -148,6 +148,7 @@ class Worker:
                 r.abort.set()  # the generator stops; the task is released
         for r in running:
             r.thread.join(30)
+        self.backend.close()
         log.info("worker stopped", extra={"worker_id": self.config.worker_id})
 
     # --- one task --------------------------------------------------------------
