@@ -17,7 +17,7 @@ from sqlalchemy import and_, func, or_, select
 
 from app.db import dialect
 from app.db.engine import Database
-from app.db.tables import image_status, leases
+from app.db.tables import events, image_status, leases
 from app.errors import ValidationFailed
 from app.events import store
 from app.events.store import FeedFilter
@@ -209,6 +209,10 @@ class VideoQueries:
             if oldest is not None
             else None,
         }
+
+    def event_count(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
 
     def projections(self) -> list[ProjectionInfo]:
         with self.db.read() as conn:

@@ -28,12 +28,6 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds(), 3)
-
-
 def status_body(state: VideoState) -> Json:
     row = state.row
     error = None
@@ -59,8 +53,8 @@ def status_body(state: VideoState) -> Json:
         "error": error,
         "cancel_requested": row.cancel_requested,
         "progress": (state.progress if state.progress is not None else 0.0) if processing else None,
-        "queued_seconds": None,
-        "generation_seconds": None,
+        "queued_seconds": row.queued_seconds,
+        "generation_seconds": row.generation_seconds,
         "not_before": iso(row.not_before) if row.video_status is Status.PENDING else None,
         "requested_at": iso(row.requested_at),
         "started_at": iso(row.started_at),

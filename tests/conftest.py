@@ -17,12 +17,14 @@ from pathlib import Path
 import psycopg2
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from app.api import create_app
 from app.config import Settings
 from app.db import migrate
 from app.db.engine import Database, open_database
+from app.db.tables import projection_state
+from app.projections import rebuild, status
 from app.queries import VideoQueries
 from app.service import Policy, VideoService
 
@@ -59,6 +61,17 @@ def pg_url_for(dbname: str) -> str:
     return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{dbname}"
 
 
+def upgrade_and_build(url: str) -> None:
+    """What `vidledger db upgrade` does: migrate, then build stale projections."""
+    migrate.upgrade(url)
+    db = open_database(url, pool_size=2)
+    try:
+        if rebuild.stale(db):
+            rebuild.rebuild(db)
+    finally:
+        db.dispose()
+
+
 @pytest.fixture(scope="session")
 def pg_database_factory() -> Iterator[object]:
     """Creates throwaway PostgreSQL databases; drops them all at the end."""
@@ -82,14 +95,14 @@ def pg_database_factory() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def pg_session_url(pg_database_factory: object) -> str:
     url: str = pg_database_factory()  # type: ignore[operator]
-    migrate.upgrade(url)
+    upgrade_and_build(url)
     return url
 
 
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("template") / "template.db"
-    migrate.upgrade(f"sqlite:///{path}")
+    upgrade_and_build(f"sqlite:///{path}")
     return path
 
 
@@ -107,7 +120,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     db = open_database(url, pool_size=1)
     with db.write() as conn:
         conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY"))
-        conn.execute(text("UPDATE projection_state SET version = 1, state = 'ok'"))
+        conn.execute(
+            update(projection_state).values(version=status.VERSION, state="ok", last_position=0)
+        )
     db.dispose()
     return url
 

@@ -15,9 +15,12 @@ from starlette.concurrency import run_in_threadpool
 from app.api import errors
 from app.api.deps import AuthGate
 from app.api.middleware import BodyLimit, RequestId
-from app.api.routes import admin, events, videos, worker
+from app.api.routes import admin, events, stream, videos, worker
 from app.config import Settings
 from app.db.engine import Database, open_database
+from app.db.notify import start_listener
+from app.events.types import RecordedEvent
+from app.feed import FeedSignal
 from app.queries import VideoQueries
 from app.service import Policy, VideoService
 from app.video_files import VideoFiles
@@ -70,8 +73,14 @@ def create_app(
     database = db or open_database(settings.database_url, pool_size=settings.pool_size)
     owns_db = db is None
     wake = WakeOnPending()
+    feed_signal = FeedSignal()
+
+    def on_append(recorded: list[RecordedEvent]) -> None:
+        wake(recorded)
+        feed_signal.notify()
+
     service = VideoService(
-        database, policy_of(settings), on_append=wake, files=VideoFiles(settings.videos_dir)
+        database, policy_of(settings), on_append=on_append, files=VideoFiles(settings.videos_dir)
     )
 
     @asynccontextmanager
@@ -82,6 +91,9 @@ def create_app(
                 "'anonymous' with role admin. Create a key with 'vidledger keys create'."
             )
         stop = threading.Event()
+        # Appends by other processes reach live feed readers through
+        # LISTEN/NOTIFY (PostgreSQL only; on SQLite they wait for the idle poll).
+        start_listener(settings.database_url, lambda _: feed_signal.notify(), stop)
         embedded = None
         if run_worker:
             embedded = start_embedded(
@@ -93,6 +105,7 @@ def create_app(
             ).start()
         yield
         stop.set()
+        feed_signal.close()
         if embedded is not None:
             await run_in_threadpool(embedded.stop)
         if owns_db:
@@ -112,9 +125,11 @@ def create_app(
     app.state.queries = VideoQueries(database)
     app.state.auth = AuthGate(database, loopback=is_loopback(host))
     app.state.metrics_registry = CollectorRegistry()
+    app.state.feed_signal = feed_signal
+    app.state.feed_ping_seconds = 15.0  # SSE keep-alive comments; tests shorten it
 
     errors.install(app)
-    for module in (videos, events, worker, admin):
+    for module in (videos, events, stream, worker, admin):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestId)

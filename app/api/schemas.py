@@ -192,6 +192,16 @@ class ProjectionList(BaseModel):
     items: list[ProjectionInfo]
 
 
+class VerifyResult(BaseModel):
+    ok: bool
+    checked: int = Field(description="images compared")
+    events: int = Field(description="events folded")
+    differences: list[dict[str, Any]] = Field(
+        description="each differing image: {img_name, columns: {name: {expected, actual}}}; "
+        "at most 1,000 listed"
+    )
+
+
 class Problem(BaseModel):
     type: str = "about:blank"
     title: str

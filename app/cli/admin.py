@@ -9,8 +9,11 @@ from rich.table import Table
 
 from app import keys as key_store
 from app.cli.base import cli, ctx, err, out, when
+from app.cli.projections import run_rebuild
 from app.db import migrate
+from app.db.engine import Database
 from app.keys import Role
+from app.projections import rebuild as rebuilder
 from app.service import utcnow
 
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -21,10 +24,18 @@ cli.add_typer(keys_cli, name="keys")
 
 @db_cli.command("upgrade")
 def db_upgrade() -> None:
-    """Bring the schema to the newest revision."""
+    """Bring the schema to the newest revision, then rebuild any projection
+    whose stored version differs from the code's."""
     url = ctx().settings.database_url
     migrate.upgrade(url)
     err.print(f"database at revision {migrate.current_revision(url)}")
+    rebuild_if_stale(ctx().db)
+
+
+def rebuild_if_stale(db: Database) -> None:
+    if rebuilder.stale(db):
+        err.print("the status projection's version differs from the code's: rebuilding it")
+        run_rebuild(db, batch=5000)
 
 
 @db_cli.command("downgrade")

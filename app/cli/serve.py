@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from app import keys as key_store
+from app.cli.admin import rebuild_if_stale
 from app.cli.base import cli, ctx, log
 from app.errors import ConfigError
 
@@ -26,6 +27,7 @@ def serve(
     settings = ctx().settings
     bind = host or settings.host
     db = ctx().db  # checks that the schema is current
+    rebuild_if_stale(db)
     if not is_loopback(bind) and not key_store.has_any_key(db):
         raise ConfigError(
             f"refusing to listen on {bind} with no API keys: create one with "

@@ -7,6 +7,8 @@ clock, and SQLite's connection pragmas. Everything else stays portable.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,10 +29,12 @@ from sqlalchemy import (
     event,
     func,
     or_,
+    select,
     text,
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
@@ -118,16 +122,25 @@ def skip_locked(conn: Connection, query: Select[Any]) -> Select[Any]:
 # --- the global feed (DESIGN §3) -------------------------------------------
 
 
-def feed_filter(conn: Connection, events: Table, after: str | None) -> ColumnElement[bool]:
+def feed_filter(
+    conn: Connection, events: Table, after: str | None, *, in_flight_possible: bool = True
+) -> ColumnElement[bool]:
     """Rows a feed reader may see after cursor `after`, without ever skipping one.
 
     PostgreSQL: only transactions older than every one still in flight
     (tx_id < snapshot xmin), ordered by (tx_id, position). SQLite: writes are
-    serial, so `position` alone is a gap-free order.
+    serial, so `position` alone is a gap-free order. A caller that holds a
+    lock excluding every appender passes `in_flight_possible=False`: then
+    nothing can commit late, and the snapshot rule would only wait on
+    unrelated transactions.
     """
     if is_postgres(conn):
         # The snapshot functions have no Core equivalent worth wrapping.
-        visible = events.c.tx_id < text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        visible: ColumnElement[bool] = events.c.tx_id < text(
+            "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        )
+        if not in_flight_possible:
+            visible = events.c.tx_id.is_not(None)
         if after is None:
             return visible
         tx, pos = parse_cursor(conn, after)
@@ -205,3 +218,117 @@ def configure_engine(engine: Engine, *, writer: bool) -> None:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def feed_start_after_snapshot(conn: Connection, events: Table) -> tuple[ColumnElement[bool], str]:
+    """A prefix of the log that is complete now, and the feed cursor just past it.
+
+    PostgreSQL: every transaction older than the snapshot's xmin has ended,
+    so `tx_id < xmin` is a prefix no late commit can join. SQLite: the
+    highest position, since writes are serial.
+    """
+    if is_postgres(conn):
+        xmin = int(
+            conn.execute(
+                text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            ).scalar_one()
+        )
+        return events.c.tx_id < xmin, make_cursor(xmin - 1, 2**63 - 1)
+    top = int(conn.execute(select(func.coalesce(func.max(events.c.position), 0))).scalar_one())
+    return events.c.position <= top, make_cursor(None, top)
+
+
+def bytewise(conn: Connection, column: ColumnElement[str]) -> ColumnElement[str]:
+    """Order strings by code point on both engines, as Python compares them
+    (SQLite's default BINARY collation already does)."""
+    return column.collate("C") if is_postgres(conn) else column
+
+
+def constraint_names_are_global(conn: Connection) -> bool:
+    """PostgreSQL backs constraints with indexes, whose names are per schema."""
+    return is_postgres(conn)
+
+
+def lock_for_swap(conn: Connection, live: str, events: Table, timeout_s: float) -> None:
+    """Hold every writer back until commit, for a rebuild's final pass and swap.
+
+    PostgreSQL: the live status table first, then the log, in the order every
+    command touches them (read the row, append, upsert); the other order
+    deadlocks with a command that has read its row and waits to append.
+    Readers of the status table wait (never fail) for the few milliseconds
+    until commit. `lock_timeout` bounds the wait behind a long transaction,
+    during which everyone queued behind this lock would wait too; the caller
+    catches `LockTimeout` and tries again later. SQLite's write transaction
+    (BEGIN IMMEDIATE) already excludes every other writer.
+    """
+    if not is_postgres(conn):
+        return
+    # LOCK and SET LOCAL have no Core constructs.
+    conn.execute(text(f"SET LOCAL lock_timeout = '{int(timeout_s * 1000)}ms'"))
+    try:
+        conn.execute(text(f'LOCK TABLE "{live}" IN ACCESS EXCLUSIVE MODE'))
+        conn.execute(text(f'LOCK TABLE "{events.name}" IN SHARE ROW EXCLUSIVE MODE'))
+    except OperationalError as exc:
+        if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available
+            raise LockTimeout(str(exc.orig).strip()) from exc
+        raise
+
+
+class LockTimeout(Exception):
+    """A lock could not be had within its timeout."""
+
+
+def swap_in(conn: Connection, shadow: Table, live_name: str) -> None:
+    """Replace table `live_name` by `shadow`, inside the caller's transaction.
+
+    Index and constraint names end up exactly as the live table's were.
+    """
+    suffix = shadow.name.removeprefix(live_name)
+    conn.execute(text(f'DROP TABLE "{live_name}"'))
+    conn.execute(text(f'ALTER TABLE "{shadow.name}" RENAME TO "{live_name}"'))
+    if is_postgres(conn):
+        for ix in shadow.indexes:
+            assert ix.name is not None
+            new = str(ix.name).removesuffix(suffix)
+            conn.execute(text(f'ALTER INDEX "{ix.name}" RENAME TO "{new}"'))
+        for cons in shadow.constraints:
+            if cons.name and str(cons.name).endswith(suffix):
+                new = str(cons.name).removesuffix(suffix)
+                conn.execute(
+                    text(f'ALTER TABLE "{live_name}" RENAME CONSTRAINT "{cons.name}" TO "{new}"')
+                )
+        conn.execute(
+            text(f'ALTER SEQUENCE IF EXISTS "{shadow.name}_id_seq" RENAME TO "{live_name}_id_seq"')
+        )
+    else:
+        # SQLite cannot rename an index: make the live names anew. Constraint
+        # names live inside the table's DDL and need no global uniqueness.
+        for ix in shadow.indexes:
+            assert ix.name is not None
+            conn.execute(text(f'DROP INDEX "{ix.name}"'))
+            cols = ", ".join(f'"{c.name}"' for c in ix.columns)
+            new = str(ix.name).removesuffix(suffix)
+            conn.execute(text(f'CREATE INDEX "{new}" ON "{live_name}" ({cols})'))
+
+
+@contextmanager
+def snapshot(writer: Engine, reader: Engine) -> Iterator[Connection]:
+    """A read-only connection whose queries all see one consistent snapshot.
+
+    PostgreSQL: a REPEATABLE READ, read-only transaction. SQLite: a deferred
+    BEGIN on the reader (WAL keeps its snapshot without blocking writers).
+    """
+    if writer.dialect.name == "postgresql":
+        with writer.connect() as conn:
+            conn = conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            with conn.begin():
+                yield conn
+        return
+    with reader.connect() as conn:
+        conn.exec_driver_sql("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.exec_driver_sql("ROLLBACK")

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError
 
+from app.db import dialect
 from app.db.dialect import configure_engine
 from app.errors import Unavailable
 
@@ -39,6 +40,12 @@ class Database:
     def read(self) -> Iterator[Connection]:
         """A connection for reads, in autocommit: no BEGIN/COMMIT round trips."""
         with _unavailable_on_disconnect(), self.reader.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only view in which several queries agree (verify, export)."""
+        with _unavailable_on_disconnect(), dialect.snapshot(self.writer, self.reader) as conn:
             yield conn
 
     def dispose(self) -> None:

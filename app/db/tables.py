@@ -83,19 +83,44 @@ def status_columns() -> list[Column[object]]:
         Column("updated_at", UTCDateTime),
         Column("version", Integer, nullable=False),
         Column("last_position", BigInteger, nullable=False),
+        Column("queued_seconds", Float),
+        Column("generation_seconds", Float),
     ]
 
 
+STATUS_TABLE = "image_video_status"
+#: The projection's indexes: the worker's queue, listings, and newest-first.
+STATUS_INDEXES = {
+    "video_status_not_before_requested_at": ("video_status", "not_before", "requested_at"),
+    "source_type_video_status": ("source_type", "video_status"),
+    "updated_at": ("updated_at",),
+}
+
+
+def status_table(
+    name: str, meta: MetaData, *, names_of: str = STATUS_TABLE, suffix_constraints: bool = True
+) -> Table:
+    """The status projection's table under `name`.
+
+    Indexes (and, where their names must be unique, constraints) are named
+    as for `names_of` plus whatever makes `name` differ, so a rebuild's
+    shadow can be renamed into place and end up exactly like a migrated
+    table.
+    """
+    suffix = name.removeprefix(names_of)
+    csuffix = suffix if suffix_constraints else ""
+    return Table(
+        name,
+        meta,
+        *status_columns(),
+        PrimaryKeyConstraint("id", name=f"pk_{names_of}{csuffix}"),
+        UniqueConstraint("img_name", name=f"uq_{names_of}_img_name{csuffix}"),
+        *[Index(f"ix_{names_of}_{label}{suffix}", *cols) for label, cols in STATUS_INDEXES.items()],
+    )
+
+
 #: The current-status projection (DESIGN §4): one row per image with events.
-image_status = Table(
-    "image_video_status",
-    metadata,
-    *status_columns(),
-    UniqueConstraint("img_name"),
-    Index(None, "video_status", "not_before", "requested_at"),
-    Index(None, "source_type", "video_status"),
-    Index(None, "updated_at"),
-)
+image_status = status_table(STATUS_TABLE, metadata)
 
 #: Each projection's version and build record.
 projection_state = Table(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, insert, select
+from sqlalchemy import Connection, Select, and_, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app.db import dialect
@@ -22,7 +22,7 @@ from app.events.types import NewEvent, RecordedEvent
 from app.events.upcasters import upcast
 from app.lifecycle import EventType, Status
 
-_COLUMNS = (
+EVENT_COLUMNS = (
     events.c.position,
     events.c.event_id,
     events.c.img_name,
@@ -138,7 +138,7 @@ def read_stream(
     until_time: datetime | None = None,
 ) -> list[RecordedEvent]:
     """Events of one image in version order, optionally bounded by version or time."""
-    query = select(*_COLUMNS).where(events.c.img_name == img_name)
+    query = select(*EVENT_COLUMNS).where(events.c.img_name == img_name)
     if after_version:
         query = query.where(events.c.version > after_version)
     if until_version is not None:
@@ -173,7 +173,7 @@ def read_all(
     Never skips an event that commits late (see `dialect.feed_filter`).
     Raises ValueError for a cursor this database did not make.
     """
-    query: Select[Any] = select(*_COLUMNS).where(dialect.feed_filter(conn, events, after))
+    query: Select[Any] = select(*EVENT_COLUMNS).where(dialect.feed_filter(conn, events, after))
     f = filters or FeedFilter()
     if f.img_name is not None:
         query = query.where(events.c.img_name == f.img_name)
@@ -191,6 +191,12 @@ def read_all(
     got = [to_event(r) for r in conn.execute(query)]
     cursor = cursor_of(got[-1]) if got else after
     return FeedPage(events=got, cursor=cursor)
+
+
+def count_after(conn: Connection, after: str | None) -> int:
+    """How many visible events follow cursor `after` now."""
+    query = select(func.count()).select_from(events).where(dialect.feed_filter(conn, events, after))
+    return int(conn.execute(query).scalar_one())
 
 
 def cursor_of(event: RecordedEvent) -> str:

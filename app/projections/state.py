@@ -36,7 +36,7 @@ def describe(conn: Connection) -> list[ProjectionInfo]:
         rec = stored.get(name)
         version = rec.version if rec is not None else 0
         state = rec.state if rec is not None else "stale"
-        if state == "ok" and version != expected:
+        if state != "rebuilding" and version != expected:
             state = "stale"
         out.append(
             ProjectionInfo(

@@ -17,7 +17,7 @@ from app.lifecycle import EventType, Status
 
 NAME = "image_video_status"
 #: Bump when the fold or the table's columns change; startup rebuilds.
-VERSION = 1
+VERSION = 2  # v2: queued_seconds and generation_seconds
 
 
 @dataclass(slots=True)
@@ -42,6 +42,10 @@ class StatusRow:
     updated_at: datetime | None = None
     version: int = 0
     last_position: int = 0
+    #: Request -> first processing start, for the current generation.
+    queued_seconds: float | None = None
+    #: Processing start -> completion, for the last completed video.
+    generation_seconds: float | None = None
 
     def as_values(self) -> dict[str, Any]:
         """Column values for the table."""
@@ -70,6 +74,10 @@ def _set_error(row: StatusRow, error: Json | None) -> None:
         row.error_retryable = error["retryable"]
 
 
+def _seconds(start: datetime, end: datetime) -> float:
+    return round((end - start).total_seconds(), 6)
+
+
 def apply(row: StatusRow | None, event: RecordedEvent) -> StatusRow:
     """The row after `event`; `row` is None before an image's first event.
 
@@ -90,14 +98,19 @@ def apply(row: StatusRow | None, event: RecordedEvent) -> StatusRow:
         new.not_before = at
         new.requested_at = at
         new.started_at = None
+        new.queued_seconds = None
     elif t is EventType.PROCESSING_STARTED:
         new.attempts = data["attempt"]
         new.started_at = at
         new.not_before = None
+        if new.queued_seconds is None and new.requested_at is not None:
+            new.queued_seconds = _seconds(new.requested_at, at)
     elif t is EventType.COMPLETED:
         new.has_video = True
         new.video_filename = data["video_filename"]
         new.completed_at = at
+        if new.started_at is not None:
+            new.generation_seconds = _seconds(new.started_at, at)
         new.cancel_requested = False
         _set_error(new, None)
     elif t is EventType.RETRY_SCHEDULED:
@@ -124,6 +137,7 @@ def apply(row: StatusRow | None, event: RecordedEvent) -> StatusRow:
         new.has_video = False
         new.video_filename = None
         new.completed_at = None
+        new.generation_seconds = None
         new.cancel_requested = False
         new.not_before = None
         _set_error(new, None)

@@ -207,6 +207,15 @@ def test_request_claim_heartbeat_complete(client: TestClient) -> None:
     assert client.post("/v1/worker/claim", json={"worker_id": "w1"}).status_code == 204
 
 
+def test_timings_are_known_once_a_video_completed(client: TestClient) -> None:
+    done = completed(client)
+    # API.md: queued_seconds is request -> processing start; generation_seconds
+    # processing start -> completion. Both are known once the video completed.
+    assert isinstance(done["queued_seconds"], float | int) and done["queued_seconds"] >= 0
+    assert isinstance(done["generation_seconds"], float | int) and done["generation_seconds"] >= 0
+    assert status(client)["generation_seconds"] == done["generation_seconds"]
+
+
 def test_history_oldest_first_with_actors(client: TestClient) -> None:
     completed(client)
     items = history(client)
