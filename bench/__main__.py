@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from bench import generation
+from bench import generation, rebuild
 from bench.report import Report
 
-SUITES = {"generation": generation.run}
+SUITES = {"generation": generation.run, "rebuild": rebuild.run}
 
 
 def main(argv: list[str]) -> int:

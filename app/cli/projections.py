@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -46,7 +47,7 @@ def _count_events(db: Database) -> int:
     return VideoQueries(db).event_count()
 
 
-def run_rebuild(db: Database, batch: int) -> rebuilder.RebuildReport:
+def run_rebuild(db: Database, batch: int, parallel: int | None = None) -> rebuilder.RebuildReport:
     total = _count_events(db)
     with event_progress(total, "rebuild") as bar:
         task = bar.add_task("rebuild", total=total, rate="")
@@ -56,7 +57,9 @@ def run_rebuild(db: Database, batch: int) -> rebuilder.RebuildReport:
             speed = bar.tasks[0].speed
             bar.update(task, rate=f"{speed:,.0f} events/s" if speed else "")
 
-        report = rebuilder.rebuild(db, batch=batch, progress=advance)
+        report = rebuilder.rebuild(
+            db, batch=batch, progress=advance, parallel=parallel or min(4, os.cpu_count() or 1)
+        )
         bar.update(task, completed=max(total, report.events))
     err.print(
         f"rebuilt image_video_status: {report.rows} rows from {report.events} events in "
@@ -103,6 +106,12 @@ def verify_cmd(batch: Annotated[int, typer.Option(min=100, max=100_000)] = 5000)
 
 
 @projections_cli.command("rebuild")
-def rebuild_cmd(batch: Annotated[int, typer.Option(min=100, max=100_000)] = 5000) -> None:
+def rebuild_cmd(
+    batch: Annotated[int, typer.Option(min=100, max=100_000)] = 5000,
+    parallel: Annotated[
+        int | None,
+        typer.Option(min=1, max=32, help="replay processes (PostgreSQL); default: cores"),
+    ] = None,
+) -> None:
     """Rebuild the table from the log online (blue/green), then record its version."""
-    run_rebuild(ctx().db, batch)
+    run_rebuild(ctx().db, batch, parallel)

@@ -7,11 +7,13 @@ clock, and SQLite's connection pragmas. Everything else stays portable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -238,6 +240,14 @@ def feed_start_after_snapshot(conn: Connection, events: Table) -> tuple[ColumnEl
     return events.c.position <= top, make_cursor(None, top)
 
 
+def feed_up_to(conn: Connection, events: Table, cursor: str) -> ColumnElement[bool]:
+    """Rows at or before `cursor` in feed order (a prefix that is complete)."""
+    tx, pos = parse_cursor(conn, cursor)
+    if is_postgres(conn):
+        return tuple_(events.c.tx_id, events.c.position) <= tuple_(tx, pos)
+    return events.c.position <= pos
+
+
 def bytewise(conn: Connection, column: ColumnElement[str]) -> ColumnElement[str]:
     """Order strings by code point on both engines, as Python compares them
     (SQLite's default BINARY collation already does)."""
@@ -332,3 +342,138 @@ def snapshot(writer: Engine, reader: Engine) -> Iterator[Connection]:
             yield conn
         finally:
             conn.exec_driver_sql("ROLLBACK")
+
+
+# --- bulk paths for rebuilds (PostgreSQL COPY) ------------------------------------
+
+
+def supports_copy(conn: Connection) -> bool:
+    return is_postgres(conn)
+
+
+_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
+
+
+def _unescape(field: str) -> str | None:
+    """A field of COPY's text format: `\\N` is NULL, backslash escapes the rest."""
+    if field == "\\N":
+        return None
+    if "\\" not in field:
+        return field
+    out = []
+    chars = iter(field)
+    for ch in chars:
+        out.append(_UNESCAPE.get(next(chars, ""), "") if ch == "\\" else ch)
+    return "".join(out)
+
+
+class _LineSink:
+    """A file-like target for COPY … TO STDOUT: one `write` per row."""
+
+    def __init__(self, on_row: Callable[[list[str | None]], None], escaped: frozenset[int]) -> None:
+        self.on_row = on_row
+        self.escaped = escaped
+
+    def write(self, data: bytes | str) -> int:
+        line = data.decode() if isinstance(data, bytes) else data
+        fields: list[str | None] = line[:-1].split("\t")  # type: ignore[assignment]
+        if "\\" in line:  # rare: only then can a field hold an escape or a NULL
+            for i in self.escaped:
+                fields[i] = _unescape(fields[i])  # type: ignore[arg-type]
+        self.on_row(fields)
+        return len(data)
+
+
+def copy_out(
+    conn: Connection,
+    query: Select[Any],
+    on_row: Callable[[list[str | None]], None],
+    *,
+    escaped: frozenset[int],
+) -> None:
+    """Stream `query`'s rows as text fields through COPY (PostgreSQL only).
+
+    Runs inside `conn`'s transaction, so it sees that snapshot. Timestamps
+    come out in UTC. Only the fields at indexes `escaped` are unescaped (and
+    may be NULL); the caller promises the others are plain, NOT NULL text
+    such as numbers, names of statuses and timestamps.
+    """
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    # COPY has no Core construct; the query itself is compiled from Core above.
+    conn.execute(text("SET LOCAL timezone = 'UTC'"))
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # psycopg2
+    try:
+        cursor.copy_expert(f"COPY ({sql}) TO STDOUT", _LineSink(on_row, escaped))
+    finally:
+        cursor.close()
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    # Checked in order of how often a status row holds each type.
+    if value is None:
+        return "\\N"
+    kind = type(value)
+    if kind is str:
+        text_value: str = value
+    elif kind is bool:
+        return "t" if value else "f"
+    elif kind is int or kind is float:
+        return str(value)
+    elif kind is datetime:
+        return str(value.isoformat())
+    elif kind is dict or kind is list:
+        text_value = orjson.dumps(value).decode()
+    else:
+        text_value = str(value)
+    return text_value.translate(_COPY_ESCAPES)
+
+
+COPY_NULL = "\\N"
+
+
+def copy_str(value: str | None) -> str:
+    """A text value for COPY's text format."""
+    return COPY_NULL if value is None else value.translate(_COPY_ESCAPES)
+
+
+def copy_bool(value: bool | None) -> str:
+    return COPY_NULL if value is None else ("t" if value else "f")
+
+
+def copy_num(value: float | None) -> str:
+    return COPY_NULL if value is None else str(value)
+
+
+def copy_time(value: datetime | None) -> str:
+    return COPY_NULL if value is None else value.isoformat()
+
+
+COPY_ESCAPES = _COPY_ESCAPES
+
+
+def copy_json(value: Any) -> str:
+    return COPY_NULL if value is None else orjson.dumps(value).decode().translate(_COPY_ESCAPES)
+
+
+def copy_in(
+    conn: Connection, table: Table, columns: list[str], rows: Iterable[list[Any] | str]
+) -> None:
+    """Bulk-insert `rows` with COPY … FROM STDIN.
+
+    A row is its values in `columns` order, or a line already in COPY's text
+    format (made with the `copy_*` helpers), for callers on a hot path.
+    """
+    buffer = io.StringIO()
+    for row in rows:
+        buffer.write(row if isinstance(row, str) else "\t".join([_copy_text(v) for v in row]))
+        buffer.write("\n")
+    buffer.seek(0)
+    cols = ", ".join(f'"{c}"' for c in columns)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # psycopg2
+    try:
+        cursor.copy_expert(f'COPY "{table.name}" ({cols}) FROM STDIN', buffer)
+    finally:
+        cursor.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from app.events.types import Json, RecordedEvent
 from app.lifecycle import EventType, Status
@@ -78,12 +78,38 @@ def _seconds(start: datetime, end: datetime) -> float:
     return round((end - start).total_seconds(), 6)
 
 
-def apply(row: StatusRow | None, event: RecordedEvent) -> StatusRow:
+class FoldEvent(Protocol):
+    """What the fold reads of an event (a `RecordedEvent` has all of it)."""
+
+    @property
+    def img_name(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def event_type(self) -> EventType: ...
+    @property
+    def to_status(self) -> Status: ...
+    @property
+    def data(self) -> Json: ...
+    @property
+    def recorded_at(self) -> datetime: ...
+
+
+def apply(row: StatusRow | None, event: FoldEvent) -> StatusRow:
     """The row after `event`; `row` is None before an image's first event.
 
     Pure: the given row is not modified.
     """
     new = StatusRow(img_name=event.img_name) if row is None else copy.copy(row)
+    apply_into(new, event)
+    return new
+
+
+def apply_into(new: StatusRow, event: FoldEvent) -> None:
+    """`apply`, writing into `new` in place: for a replay that owns its rows
+    (a rebuild), where a copy per event would be most of the cost."""
     data = event.data
     at = event.recorded_at
     t = event.event_type
@@ -145,7 +171,6 @@ def apply(row: StatusRow | None, event: RecordedEvent) -> StatusRow:
     new.updated_at = at
     new.version = event.version
     new.last_position = event.position
-    return new
 
 
 def fold(events: list[RecordedEvent], img_name: str) -> StatusRow:

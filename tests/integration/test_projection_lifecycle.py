@@ -124,6 +124,16 @@ def test_rebuild_equals_the_incremental_projection(
     assert verify.verify(database).ok
 
 
+def test_a_parallel_rebuild_equals_the_incremental_projection(
+    service: VideoService, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rebuild, "PARALLEL_MIN_EVENTS", 0)  # small data, parallel path
+    lifecycle(service, 30)
+    report = rebuild.rebuild(database, batch=4, parallel=3)
+    assert (report.rows, report.events) == (30, verify.verify(database).events)
+    assert verify.verify(database).ok
+
+
 def test_rebuild_under_load_refuses_no_write_and_ends_clean(
     service: VideoService, database: Database
 ) -> None:
