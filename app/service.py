@@ -210,11 +210,20 @@ class VideoService:
     def _client_write(
         self,
         img_name: str,
+        actor: Actor,
         idem: Idempotency | None,
         success_status: int,
-        decide: Callable[[Connection, StatusRow | None], list[NewEvent]],
+        decide: Callable[[StatusRow | None], tuple[EventType, Json] | None],
+        *,
+        reason: str | None = None,
+        regenerate: bool = False,
     ) -> Answer:
-        """A client command: idempotency check, decide, append, remember the answer."""
+        """A client command: idempotency check, decide, append, remember the answer.
+
+        `decide(row)` names the event to append and its payload, or None for
+        a command that changes nothing; the state machine then has the last
+        word on whether that event is allowed.
+        """
 
         def work(conn: Connection) -> Answer:
             if idem is not None:
@@ -222,11 +231,25 @@ class VideoService:
                 if replay is not None:
                     return replay
             row = projector.load(conn, img_name)
-            new = decide(conn, row)
-            if new:
-                row = self._append(conn, row, img_name, new)
-            assert row is not None
-            body = status_body(VideoState(row=row, progress=self._progress(conn, row)))
+            decision = decide(row)
+            if decision is not None:
+                event_type, data = decision
+                new = self._event(
+                    row,
+                    img_name,
+                    event_type,
+                    data,
+                    actor,
+                    reason=reason,
+                    idempotency_key=idem.key if idem else None,
+                    regenerate=regenerate,
+                )
+                row = self._append(conn, row, img_name, [new])
+            body = status_body(
+                VideoState(row=row, progress=self._progress(conn, row))
+                if row is not None
+                else VideoState(row=StatusRow(img_name=img_name))
+            )
             if idem is not None:
                 self._remember(conn, img_name, idem, success_status, body)
             return Answer(status_code=success_status, body=body)
@@ -291,21 +314,14 @@ class VideoService:
         """Append `VideoRequested`. Raises `VideoInProgress`, `VideoExists`,
         `IdempotencyKeyReused`; answers 202 with the new status."""
         data = ev.requested(source_type, prompt, params or {}, regenerate)
-
-        def decide(_: Connection, row: StatusRow | None) -> list[NewEvent]:
-            return [
-                self._event(
-                    row,
-                    img_name,
-                    EventType.REQUESTED,
-                    data,
-                    actor,
-                    idempotency_key=idem.key if idem else None,
-                    regenerate=regenerate,
-                )
-            ]
-
-        return self._client_write(img_name, idem, 202, decide)
+        return self._client_write(
+            img_name,
+            actor,
+            idem,
+            202,
+            lambda _: (EventType.REQUESTED, data),
+            regenerate=regenerate,
+        )
 
     def cancel_video(
         self,
@@ -317,22 +333,17 @@ class VideoService:
     ) -> Answer:
         """Cancel a pending video at once, or flag a processing one for its worker.
 
-        Raises `InvalidTransition` for any other status.
+        A second cancel of a processing video changes nothing. Raises
+        `InvalidTransition` for any other status.
         """
 
-        def decide(_: Connection, row: StatusRow | None) -> list[NewEvent]:
+        def decide(row: StatusRow | None) -> tuple[EventType, Json] | None:
             current = row.video_status if row is not None else Status.NONE
-            wanted = lifecycle.cancel_event(
-                img_name, current, row.cancel_requested if row is not None else False
-            )
-            if wanted is None:
-                return []
-            key = idem.key if idem else None
-            return [
-                self._event(row, img_name, wanted, {}, actor, reason=reason, idempotency_key=key)
-            ]
+            requested = row.cancel_requested if row is not None else False
+            wanted = lifecycle.cancel_event(img_name, current, requested)
+            return (wanted, {}) if wanted is not None else None
 
-        return self._client_write(img_name, idem, 200, decide)
+        return self._client_write(img_name, actor, idem, 200, decide, reason=reason)
 
     def retry_video(
         self,
@@ -343,22 +354,9 @@ class VideoService:
         idem: Idempotency | None = None,
     ) -> Answer:
         """Put a failed or cancelled video back to pending, attempts reset."""
-
-        def decide(_: Connection, row: StatusRow | None) -> list[NewEvent]:
-            key = idem.key if idem else None
-            return [
-                self._event(
-                    row,
-                    img_name,
-                    EventType.RETRY_REQUESTED,
-                    {},
-                    actor,
-                    reason=reason,
-                    idempotency_key=key,
-                )
-            ]
-
-        return self._client_write(img_name, idem, 202, decide)
+        return self._client_write(
+            img_name, actor, idem, 202, lambda _: (EventType.RETRY_REQUESTED, {}), reason=reason
+        )
 
     def delete_video(
         self,
@@ -368,29 +366,19 @@ class VideoService:
         reason: str | None = None,
         idem: Idempotency | None = None,
     ) -> Answer:
-        """Delete a completed, failed or cancelled video; the status becomes `none`."""
+        """Delete a completed, failed or cancelled video; the status becomes `none`.
 
+        The video file is removed once the event has committed.
+        """
         removed: list[str | None] = [None]
 
-        def decide(_: Connection, row: StatusRow | None) -> list[NewEvent]:
-            key = idem.key if idem else None
+        def decide(row: StatusRow | None) -> tuple[EventType, Json]:
             removed[0] = row.video_filename if row is not None else None
-            data = ev.deleted(removed[0])
-            return [
-                self._event(
-                    row,
-                    img_name,
-                    EventType.DELETED,
-                    data,
-                    actor,
-                    reason=reason,
-                    idempotency_key=key,
-                )
-            ]
+            return EventType.DELETED, ev.deleted(removed[0])
 
-        answer = self._client_write(img_name, idem, 200, decide)
+        answer = self._client_write(img_name, actor, idem, 200, decide, reason=reason)
         if not answer.replayed and self.files is not None:
-            self.files.remove(removed[0])  # only once the event has committed
+            self.files.remove(removed[0])
         return answer
 
     # --- worker commands ------------------------------------------------------
