@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import errors
 from app.api.deps import AuthGate
+from app.api.metrics import HttpMetrics, Metrics, StateCollector
 from app.api.middleware import BodyLimit, RequestId
 from app.api.routes import admin, events, stream, videos, worker
 from app.config import Settings
@@ -74,10 +75,12 @@ def create_app(
     owns_db = db is None
     wake = WakeOnPending()
     feed_signal = FeedSignal()
+    metrics = Metrics(CollectorRegistry())
 
     def on_append(recorded: list[RecordedEvent]) -> None:
         wake(recorded)
         feed_signal.notify()
+        metrics.on_append(recorded)
 
     service = VideoService(
         database, policy_of(settings), on_append=on_append, files=VideoFiles(settings.videos_dir)
@@ -99,6 +102,7 @@ def create_app(
             embedded = start_embedded(
                 settings, service, wake.event, concurrency=settings.worker_concurrency
             )
+            worker_load[0] = lambda: (embedded.worker.busy(), embedded.worker.config.concurrency)
         elif run_reaper:
             threading.Thread(
                 target=reaper_loop, args=(LocalBackend(service), stop), daemon=True
@@ -124,13 +128,18 @@ def create_app(
     app.state.files = service.files
     app.state.queries = VideoQueries(database)
     app.state.auth = AuthGate(database, loopback=is_loopback(host))
-    app.state.metrics_registry = CollectorRegistry()
+    app.state.metrics_registry = metrics.registry
+    worker_load: list[Callable[[], tuple[int, int]] | None] = [None]
+    metrics.registry.register(
+        StateCollector(app.state.queries, lambda: worker_load[0]() if worker_load[0] else (0, 0))
+    )
     app.state.feed_signal = feed_signal
     app.state.feed_ping_seconds = 15.0  # SSE keep-alive comments; tests shorten it
 
     errors.install(app)
     for module in (videos, events, stream, worker, admin):
         app.include_router(module.router)
+    app.add_middleware(HttpMetrics, metrics=metrics)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestId)
     return app

@@ -1,0 +1,169 @@
+"""Prometheus metrics: HTTP traffic, appends, retries and failures, and
+scrape-time gauges of the queue, the projection and the worker.
+
+Counters count what this process did; gauges read the database when
+`/metrics` is scraped, so every process reports the same totals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import AppError
+from app.events.types import RecordedEvent
+from app.lifecycle import EventType, Status
+from app.queries import VideoQueries
+from app.service import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """The app's metrics, in a registry of its own (one per app, so tests can
+    build many apps in one process)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "vidledger_http_requests_total",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "vidledger_http_request_duration_seconds",
+            "HTTP request latency by route template and method",
+            ["route", "method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.appended = Counter(
+            "vidledger_events_appended_total",
+            "Events appended, by type",
+            ["event_type"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "vidledger_retries_total",
+            "Retries scheduled, by error code",
+            ["code"],
+            registry=registry,
+        )
+        self.failures = Counter(
+            "vidledger_failures_total",
+            "Videos failed, by error code",
+            ["code"],
+            registry=registry,
+        )
+        self.lease_expiries = Counter(
+            "vidledger_lease_expiries_total",
+            "Leases the reaper found expired",
+            registry=registry,
+        )
+
+    def on_append(self, recorded: list[RecordedEvent]) -> None:
+        for ev in recorded:
+            self.appended.labels(ev.event_type.value).inc()
+            error = ev.data.get("error") if isinstance(ev.data, dict) else None
+            code = error["code"] if error else None
+            if ev.event_type is EventType.RETRY_SCHEDULED and code is not None:
+                self.retries.labels(code).inc()
+            elif ev.event_type is EventType.FAILED and code is not None:
+                self.failures.labels(code).inc()
+            if code == "lease.expired" or (
+                ev.actor == "system:reaper" and ev.event_type is EventType.CANCELLED
+            ):
+                self.lease_expiries.inc()
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time: queue, oldest pending, projection, worker."""
+
+    def __init__(self, queries: VideoQueries, worker_load: Callable[[], tuple[int, int]] | None):
+        self.queries = queries
+        self.worker_load = worker_load
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("vidledger_database_up", "1 when the database answered the scrape")
+        try:
+            stats = self.queries.stats(utcnow())
+            projections = self.queries.projections()
+        except AppError as exc:
+            log.warning("metrics: %s", exc.detail)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        depth = GaugeMetricFamily(
+            "vidledger_videos", "Images by current video status", labels=["status"]
+        )
+        for st in Status:
+            depth.add_metric([st.value], stats["by_status"].get(st.value, 0))
+        yield depth
+        yield GaugeMetricFamily(
+            "vidledger_queue_due", "Pending videos that are due now", value=stats["due"]
+        )
+        yield GaugeMetricFamily(
+            "vidledger_oldest_pending_age_seconds",
+            "Age of the oldest pending request (0 when none)",
+            value=stats["oldest_pending_age_seconds"] or 0.0,
+        )
+        rows = GaugeMetricFamily("vidledger_projection_rows", "Rows", labels=["projection"])
+        last = GaugeMetricFamily(
+            "vidledger_projection_last_position", "Last log position applied", labels=["projection"]
+        )
+        stale = GaugeMetricFamily(
+            "vidledger_projection_stale", "1 when the stored version differs", labels=["projection"]
+        )
+        for p in projections:
+            rows.add_metric([p.name], p.rows)
+            last.add_metric([p.name], p.last_position)
+            stale.add_metric([p.name], int(p.version != p.expected_version))
+        yield rows
+        yield last
+        yield stale
+        if self.worker_load is not None:
+            busy, capacity = self.worker_load()
+            workers = GaugeMetricFamily(
+                "vidledger_worker_slots", "In-process worker slots by state", labels=["state"]
+            )
+            workers.add_metric(["busy"], busy)
+            workers.add_metric(["idle"], capacity - busy)
+            yield workers
+
+
+class HttpMetrics:
+    """ASGI middleware: count and time every request by its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(template, method, str(status[0])).inc()
+            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
