@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
@@ -139,6 +140,14 @@ def create_app(
     errors.install(app)
     for module in (videos, events, stream, worker, admin):
         app.include_router(module.router)
+    if settings.cors_origins:  # none unless configured: browsers may not call cross-site
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Location", "Idempotent-Replayed", "X-Request-ID"],
+        )
     app.add_middleware(HttpMetrics, metrics=metrics)
     app.add_middleware(BodyLimit)
     app.add_middleware(RequestId)
