@@ -287,7 +287,7 @@ class VideoService:
         }
         # Upsert: an expired record under the same key is replaced. A live one
         # cannot be here, since _replay ran first in this transaction.
-        conn.execute(dialect.upsert(conn, idempotency_keys, values, key=["img_name", "key"]))
+        dialect.upsert(conn, idempotency_keys, values, key=["img_name", "key"])
 
     @staticmethod
     def _progress(conn: Connection, row: StatusRow) -> float | None:
@@ -436,7 +436,7 @@ class VideoService:
                 "heartbeat_at": None,
                 "progress": 0.0,
             }
-            conn.execute(dialect.upsert(conn, leases, lease, key="img_name"))
+            dialect.upsert(conn, leases, lease, key="img_name")
             return Task(
                 img_name=img_name,
                 source_type=row.source_type,

@@ -7,6 +7,7 @@ clock, and SQLite's connection pragmas. Everything else stays portable.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Table,
     and_,
     any_,
+    bindparam,
     cast,
     event,
     func,
@@ -83,26 +85,43 @@ def is_postgres(conn: Connection | Engine) -> bool:
 
 def now_expr(conn: Connection) -> ColumnElement[Any]:
     """The database clock, with sub-second precision on both engines."""
-    if is_postgres(conn):
+    return clock(is_postgres(conn))
+
+
+def clock(on_postgres: bool) -> ColumnElement[Any]:
+    if on_postgres:
         return func.now()
     return func.strftime("%Y-%m-%d %H:%M:%f", "now")
 
 
 def tx_id_expr(conn: Connection) -> ColumnElement[Any] | None:
     """PostgreSQL's current transaction id (for the feed's order); None on SQLite."""
-    if is_postgres(conn):
+    return transaction_id(is_postgres(conn))
+
+
+def transaction_id(on_postgres: bool) -> ColumnElement[Any] | None:
+    if on_postgres:
         # xid8 has no direct cast to bigint; text is the documented bridge.
         return cast(cast(func.pg_current_xact_id(), postgresql.TEXT), BigInteger)
     return None
 
 
-def upsert(conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]) -> Any:
-    """INSERT … ON CONFLICT (key) DO UPDATE of every other given column."""
-    keys = [key] if isinstance(key, str) else key
-    mod = postgresql if is_postgres(conn) else sqlite
-    stmt = mod.insert(table).values(**values)
-    updates = {name: stmt.excluded[name] for name in values if name not in keys}
-    return stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+def upsert(conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]) -> None:
+    """Execute INSERT … ON CONFLICT (key) DO UPDATE of every other given column."""
+    keys = (key,) if isinstance(key, str) else tuple(key)
+    conn.execute(_upsert_statement(conn.dialect.name, table, tuple(values), keys), values)
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(
+    dialect_name: str, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]
+) -> Any:
+    # Built once per shape: constructing it (its `excluded` alias above all)
+    # cost more than the round trip on the hot path.
+    mod = postgresql if dialect_name == "postgresql" else sqlite
+    stmt = mod.insert(table).values({name: bindparam(name) for name in columns})
+    updates = {name: stmt.excluded[name] for name in columns if name not in keys}
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_=updates)
 
 
 def insert_ignore(conn: Connection, table: Table) -> Any:

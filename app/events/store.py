@@ -7,12 +7,13 @@ version) leaves as `ConcurrencyConflict`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, func, insert, select
+from sqlalchemy import Connection, Select, and_, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app.db import dialect
@@ -52,8 +53,7 @@ def append(
     and must be rolled back.
     """
     recorded: list[RecordedEvent] = []
-    now = dialect.now_expr(conn)
-    tx_id = dialect.tx_id_expr(conn)
+    stmt = _append_statement(conn.dialect.name)
     for offset, ev in enumerate(new, start=1):
         values: dict[str, Any] = {
             "event_id": ev.event_id,
@@ -68,17 +68,9 @@ def append(
             "reason": ev.reason,
             "correlation_id": ev.correlation_id,
             "idempotency_key": ev.idempotency_key,
-            "recorded_at": now,
         }
-        if tx_id is not None:
-            values["tx_id"] = tx_id
-        stmt = (
-            insert(events)
-            .values(values)
-            .returning(events.c.position, events.c.recorded_at, events.c.tx_id)
-        )
         try:
-            row = conn.execute(stmt).one()
+            row = conn.execute(stmt, values).one()
         except IntegrityError as exc:
             raise ConcurrencyConflict(
                 f"stream {img_name!r} moved past version {expected_version}",
@@ -104,6 +96,39 @@ def append(
             )
         )
     return recorded
+
+
+_APPENDED = [
+    "event_id",
+    "img_name",
+    "version",
+    "event_type",
+    "schema_version",
+    "from_status",
+    "to_status",
+    "data",
+    "actor",
+    "reason",
+    "correlation_id",
+    "idempotency_key",
+]
+
+
+@functools.lru_cache(maxsize=4)
+def _append_statement(dialect_name: str) -> Any:
+    """The INSERT … RETURNING of one event, built once per dialect (building
+    it per append cost more than the round trip)."""
+    on_postgres = dialect_name == "postgresql"
+    values: dict[str, Any] = {name: bindparam(name) for name in _APPENDED}
+    values["recorded_at"] = dialect.clock(on_postgres)
+    tx_id = dialect.transaction_id(on_postgres)
+    if tx_id is not None:
+        values["tx_id"] = tx_id
+    return (
+        insert(events)
+        .values(values)
+        .returning(events.c.position, events.c.recorded_at, events.c.tx_id)
+    )
 
 
 def to_event(row: Any) -> RecordedEvent:

@@ -6,7 +6,7 @@ append back with it.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from app.db import dialect
 from app.db.tables import image_status, projection_state
@@ -15,15 +15,12 @@ from app.projections import status
 from app.projections.status import StatusRow, apply, row_from_mapping
 
 _ROW_COLUMNS = [image_status.c[name] for name in status.COLUMNS]
+_LOAD = select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name"))
 
 
 def load(conn: Connection, img_name: str) -> StatusRow | None:
     """The projected row of one image, or None if it has no events."""
-    found = (
-        conn.execute(select(*_ROW_COLUMNS).where(image_status.c.img_name == img_name))
-        .mappings()
-        .first()
-    )
+    found = conn.execute(_LOAD, {"img_name": img_name}).mappings().first()
     return row_from_mapping(found) if found is not None else None
 
 
@@ -33,7 +30,7 @@ def project(conn: Connection, row: StatusRow | None, recorded: list[RecordedEven
     for ev in recorded:
         new = apply(new, ev)
     assert new is not None, "project() needs at least one event"
-    conn.execute(dialect.upsert(conn, image_status, new.as_values(), key="img_name"))
+    dialect.upsert(conn, image_status, new.as_values(), key="img_name")
     return new
 
 

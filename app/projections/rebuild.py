@@ -437,7 +437,7 @@ def _apply_to_shadow(conn: Connection, shadow: Table, got: list[RecordedEvent]) 
             )
         current[ev.img_name] = apply(row, ev)
     for name in names:
-        conn.execute(dialect.upsert(conn, shadow, current[name].as_values(), key="img_name"))
+        dialect.upsert(conn, shadow, current[name].as_values(), key="img_name")
 
 
 def _catch_up(
