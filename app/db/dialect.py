@@ -420,6 +420,8 @@ def copy_out(
     sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     # COPY has no Core construct; the query itself is compiled from Core above.
     conn.execute(text("SET LOCAL timezone = 'UTC'"))
+    # A plain ordered scan: JIT compilation only adds latency before the first row.
+    conn.execute(text("SET LOCAL jit = off"))
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # psycopg2
     try:
         cursor.copy_expert(f"COPY ({sql}) TO STDOUT", _LineSink(on_row, escaped))
@@ -480,7 +482,8 @@ def copy_json(value: Any) -> str:
 def copy_in(
     conn: Connection, table: Table, columns: list[str], rows: Iterable[list[Any] | str]
 ) -> None:
-    """Bulk-insert `rows` with COPY … FROM STDIN.
+    """Bulk-insert `rows` with COPY … FROM STDIN, for rows that can be made
+    again if lost (the transaction commits without waiting for its WAL).
 
     A row is its values in `columns` order, or a line already in COPY's text
     format (made with the `copy_*` helpers), for callers on a hot path.
@@ -491,6 +494,9 @@ def copy_in(
         buffer.write("\n")
     buffer.seek(0)
     cols = ", ".join(f'"{c}"' for c in columns)
+    # Bulk rows that can always be made again (a rebuild's shadow) need not
+    # wait for their WAL to reach disk; the commit that matters still does.
+    conn.execute(text("SET LOCAL synchronous_commit = off"))
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # psycopg2
     try:
         cursor.copy_expert(f'COPY "{table.name}" ({cols}) FROM STDIN', buffer)
