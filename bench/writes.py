@@ -43,11 +43,16 @@ def _run(threads: int, work: object) -> float:
     stop = time.perf_counter() + SECONDS
     counts = [0] * threads
 
+    failures: list[BaseException] = []
+
     def loop(t: int) -> None:
         i = 0
-        while time.perf_counter() < stop:
-            work(t, i)  # type: ignore[operator]
-            i += 1
+        try:
+            while time.perf_counter() < stop:
+                work(t, i)  # type: ignore[operator]
+                i += 1
+        except BaseException as exc:  # a dead thread would silently undercount
+            failures.append(exc)
         counts[t] = i
 
     started = time.perf_counter()
@@ -56,6 +61,8 @@ def _run(threads: int, work: object) -> float:
         p.start()
     for p in pool:
         p.join()
+    if failures:
+        raise RuntimeError(f"a benchmark thread failed: {failures[0]!r}")
     return sum(counts) / (time.perf_counter() - started)
 
 
@@ -70,6 +77,7 @@ def run(report: Report) -> None:
         dsn = f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
         raw = [psycopg2.connect(dsn) for _ in range(8)]
         run_id = uuid.uuid4().hex[:6]
+        phase = [0]  # new image names in every measurement: each request is a first one
         data = psycopg2.extras.Json(
             {
                 "source_type": "scene",
@@ -81,7 +89,7 @@ def run(report: Report) -> None:
 
         def raw_request(t: int, i: int) -> None:
             conn = raw[t]
-            name = f"raw-{run_id}-{t}-{i}.png"
+            name = f"raw-{run_id}-{phase[0]}-{t}-{i}.png"
             with conn.cursor() as cur:
                 cur.execute(RAW_EVENT, (str(uuid.uuid4()), name, data))
                 position, at = cur.fetchone()  # type: ignore[misc]
@@ -89,10 +97,11 @@ def run(report: Report) -> None:
             conn.commit()
 
         def service_request(t: int, i: int) -> None:
-            svc.request_video(f"svc-{run_id}-{t}-{i}.png", "scene", Actor("bench"))
+            svc.request_video(f"svc-{run_id}-{phase[0]}-{t}-{i}.png", "scene", Actor("bench"))
 
         try:
             for threads in (1, 4, 8):
+                phase[0] += 1
                 base = _run(threads, raw_request)
                 ours = _run(threads, service_request)
                 report.add(
