@@ -32,7 +32,6 @@ from sqlalchemy import (
     cast,
     event,
     func,
-    or_,
     select,
     text,
     tuple_,
@@ -83,12 +82,8 @@ def is_postgres(conn: Connection | Engine) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def now_expr(conn: Connection) -> ColumnElement[Any]:
-    """The database clock, with sub-second precision on both engines."""
-    return clock(is_postgres(conn))
-
-
 def clock(on_postgres: bool) -> ColumnElement[Any]:
+    """The database clock, with sub-second precision on both engines."""
     if on_postgres:
         return func.now()
     return func.strftime("%Y-%m-%d %H:%M:%f", "now")
@@ -204,10 +199,6 @@ def in_list(conn: Connection, column: ColumnElement[Any], values: list[str]) -> 
     if is_postgres(conn):
         return column == any_(cast(values, postgresql.ARRAY(String)))
     return column.in_(values)
-
-
-def due_filter(not_before: ColumnElement[Any], now: datetime) -> ColumnElement[bool]:
-    return or_(not_before.is_(None), not_before <= now)
 
 
 # --- engines ------------------------------------------------------------------
@@ -455,21 +446,8 @@ def _copy_text(value: Any) -> str:
 COPY_NULL = "\\N"
 
 
-def copy_str(value: str | None) -> str:
-    """A text value for COPY's text format."""
-    return COPY_NULL if value is None else value.translate(_COPY_ESCAPES)
-
-
 def copy_bool(value: bool | None) -> str:
     return COPY_NULL if value is None else ("t" if value else "f")
-
-
-def copy_num(value: float | None) -> str:
-    return COPY_NULL if value is None else str(value)
-
-
-def copy_time(value: datetime | None) -> str:
-    return COPY_NULL if value is None else value.isoformat()
 
 
 COPY_ESCAPES = _COPY_ESCAPES

@@ -17,7 +17,7 @@ from app.db.notify import start_listener
 from app.events.types import RecordedEvent
 from app.lifecycle import Status
 from app.service import VideoService
-from app.worker.backend import LocalBackend, RemoteBackend, TaskBackend
+from app.worker.backend import LocalBackend, TaskBackend
 from app.worker.generators import get_generator
 from app.worker.loop import Worker, WorkerConfig
 
@@ -87,7 +87,3 @@ def start_embedded(
 def wake_if_pending(wake: threading.Event, to_status: str) -> None:
     if to_status in ("", Status.PENDING.value):  # "" means: might have missed some
         wake.set()
-
-
-def remote_backend(url: str, api_key: str) -> RemoteBackend:
-    return RemoteBackend(url, api_key)
