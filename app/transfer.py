@@ -27,7 +27,7 @@ from app.db import dialect
 from app.db.engine import Database
 from app.db.tables import events
 from app.errors import ValidationFailed
-from app.events.store import EVENT_COLUMNS
+from app.events.store import APPENDED_COLUMNS, EVENT_COLUMNS
 from app.events.upcasters import upcast
 from app.lifecycle import EventType, Status
 
@@ -41,21 +41,7 @@ Progress = Callable[[int], None]
 _PROGRESS_EVERY = 1000
 
 _HEADER_FIELDS = {"format", "version", "events", "exported_at", "source"}
-_REQUIRED = {
-    "event_id",
-    "img_name",
-    "version",
-    "event_type",
-    "schema_version",
-    "from_status",
-    "to_status",
-    "data",
-    "actor",
-    "reason",
-    "correlation_id",
-    "idempotency_key",
-    "recorded_at",
-}
+_REQUIRED = {*APPENDED_COLUMNS, "recorded_at"}
 #: `position` is the source's, for information only: the target assigns its own.
 _ALLOWED = _REQUIRED | {"position"}
 _NULLABLE_TEXT = ("reason", "correlation_id", "idempotency_key")

@@ -24,6 +24,11 @@ class VideoState:
     progress: float | None = None
 
 
+def status_path(img_name: str) -> str:
+    """The URL path of an image's status resource (names may hold any character)."""
+    return f"/v1/videos/{quote(img_name, safe='')}"
+
+
 def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
@@ -44,9 +49,7 @@ def status_body(state: VideoState) -> Json:
         "has_video": row.has_video,
         "video_status": row.video_status.value,
         "video_filename": row.video_filename if row.has_video else None,
-        "video_url": f"/v1/videos/{quote(row.img_name, safe='')}/content"
-        if row.has_video
-        else None,
+        "video_url": f"{status_path(row.img_name)}/content" if row.has_video else None,
         "prompt": row.prompt,
         "generation": row.generation,
         "attempts": row.attempts,

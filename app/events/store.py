@@ -98,7 +98,8 @@ def append(
     return recorded
 
 
-_APPENDED = [
+#: The columns an append writes from the event itself (the database adds the rest).
+APPENDED_COLUMNS = [
     "event_id",
     "img_name",
     "version",
@@ -119,7 +120,7 @@ def _append_statement(dialect_name: str) -> Any:
     """The INSERT … RETURNING of one event, built once per dialect (building
     it per append cost more than the round trip)."""
     on_postgres = dialect_name == "postgresql"
-    values: dict[str, Any] = {name: bindparam(name) for name in _APPENDED}
+    values: dict[str, Any] = {name: bindparam(name) for name in APPENDED_COLUMNS}
     values["recorded_at"] = dialect.clock(on_postgres)
     tx_id = dialect.transaction_id(on_postgres)
     if tx_id is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -112,8 +113,6 @@ class RemoteBackend:
 
     @staticmethod
     def _task_path(img_name: str, action: str) -> str:
-        from urllib.parse import quote
-
         return f"/v1/worker/tasks/{quote(img_name, safe='')}/{action}"
 
     def claim(

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -58,7 +58,8 @@ class WorkerConfig:
 class _Running:
     task: Task
     thread: threading.Thread
-    abort: threading.Event = field(default_factory=threading.Event)
+    #: Set when shutdown's grace period ends: the task stops and is released.
+    abort: threading.Event
 
 
 class Worker:
@@ -126,13 +127,13 @@ class Worker:
             return None
 
     def _start(self, task: Task) -> None:
-        running = _Running(task=task, thread=threading.Thread(target=lambda: None))
-        running.thread = threading.Thread(
-            target=self._run_task, args=(running,), name=f"task-{task.img_name}", daemon=True
+        abort = threading.Event()
+        thread = threading.Thread(
+            target=self._run_task, args=(task, abort), name=f"task-{task.img_name}", daemon=True
         )
         with self._lock:
-            self._running[task.img_name] = running
-        running.thread.start()
+            self._running[task.img_name] = _Running(task, thread, abort)
+        thread.start()
 
     def _shutdown(self) -> None:
         """Stop claiming; let running tasks finish within the grace period, then release."""
@@ -153,8 +154,7 @@ class Worker:
 
     # --- one task --------------------------------------------------------------
 
-    def _run_task(self, running: _Running) -> None:
-        task = running.task
+    def _run_task(self, task: Task, abort: threading.Event) -> None:
         started = time.monotonic()
         extra = {"img_name": task.img_name, "attempt": task.attempt, "generation": task.generation}
         log.info("task claimed", extra=extra)
@@ -180,7 +180,7 @@ class Worker:
                 should_stop=lambda: (
                     cancel.is_set()
                     or lost.is_set()
-                    or running.abort.is_set()
+                    or abort.is_set()
                     or time.monotonic() > deadline
                 ),
             )
@@ -203,7 +203,7 @@ class Worker:
                 outcome = "completed"
         except GenerationCancelled:
             done.set()
-            outcome = self._stopped(task, cancel, lost, running.abort, deadline)
+            outcome = self._stopped(task, cancel, lost, abort, deadline)
         except GenerationError as exc:
             done.set()
             self.backend.fail(task.img_name, task.lease_token, exc.code, exc.message, exc.retryable)

@@ -27,6 +27,7 @@ from app.api.schemas import (
 from app.errors import NotFound, RangeNotSatisfiable, ValidationFailed
 from app.lifecycle import Status
 from app.service import Answer, Idempotency
+from app.views import status_path
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 
@@ -51,9 +52,7 @@ def _answer(answer: Answer, headers: dict[str, str] | None = None) -> JSONRespon
 
 
 def _location(img_name: str) -> dict[str, str]:
-    from urllib.parse import quote
-
-    return {"Location": f"/v1/videos/{quote(img_name, safe='')}"}
+    return {"Location": status_path(img_name)}
 
 
 @router.post(
