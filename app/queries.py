@@ -210,6 +210,19 @@ class VideoQueries:
             else None,
         }
 
+    def feed_lag(self, now: datetime) -> tuple[int, float]:
+        """Events committed but not yet visible to feed readers, and the age
+        in seconds of the oldest of them (0 when none is held back)."""
+        with self.db.read() as conn:
+            hidden = dialect.feed_hidden(conn, events)
+            if hidden is None:
+                return 0, 0.0
+            count, oldest = conn.execute(
+                select(func.count(), func.min(events.c.recorded_at)).where(hidden)
+            ).one()
+        age = (now - oldest).total_seconds() if oldest is not None else 0.0
+        return int(count), max(age, 0.0)
+
     def event_count(self) -> int:
         with self.db.read() as conn:
             return int(conn.execute(select(func.count()).select_from(events)).scalar_one())

@@ -95,6 +95,7 @@ class StateCollector(Collector):
         try:
             stats = self.queries.stats(utcnow())
             projections = self.queries.projections()
+            hidden, lag = self.queries.feed_lag(utcnow())
         except AppError as exc:
             log.warning("metrics: %s", exc.detail)
             up.add_metric([], 0)
@@ -115,6 +116,16 @@ class StateCollector(Collector):
             "vidledger_oldest_pending_age_seconds",
             "Age of the oldest pending request (0 when none)",
             value=stats["oldest_pending_age_seconds"] or 0.0,
+        )
+        yield GaugeMetricFamily(
+            "vidledger_feed_hidden_events",
+            "Committed events the feed holds back behind an older open transaction",
+            value=hidden,
+        )
+        yield GaugeMetricFamily(
+            "vidledger_feed_lag_seconds",
+            "Age of the oldest event the feed holds back (0 when none)",
+            value=lag,
         )
         rows = GaugeMetricFamily("vidledger_projection_rows", "Rows", labels=["projection"])
         last = GaugeMetricFamily(

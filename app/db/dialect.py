@@ -167,6 +167,18 @@ def feed_filter(
     return events.c.position > pos
 
 
+def feed_hidden(conn: Connection, events: Table) -> ColumnElement[bool] | None:
+    """Committed rows that feed readers cannot see yet, or None where there are none.
+
+    PostgreSQL: rows of transactions not older than the oldest one still in
+    flight (the complement of `feed_filter`); a long transaction anywhere on
+    the server holds them back. SQLite's serial writes hide nothing.
+    """
+    if is_postgres(conn):
+        return events.c.tx_id >= text("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+    return None
+
+
 def feed_order(conn: Connection, events: Table) -> list[Any]:
     if is_postgres(conn):
         return [events.c.tx_id, events.c.position]

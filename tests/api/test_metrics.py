@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 
 from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from app.db.engine import Database
 
 
 def _value(text: str, name: str, labels: str = "") -> float:
@@ -84,3 +87,23 @@ def test_unknown_routes_are_one_label_not_one_per_path(client: TestClient) -> No
         == 3
     )
     assert "/nope/1" not in text
+
+
+def test_feed_lag_shows_events_held_back_by_an_open_transaction(
+    client: TestClient, database: Database
+) -> None:
+    """On PostgreSQL the feed hides events committed after an older open
+    transaction began; operators see how many, and they clear when it ends."""
+    opened = database.write if database.is_postgres else database.read
+    with opened() as blocker:
+        blocker.execute(text("SELECT pg_current_xact_id()" if database.is_postgres else "SELECT 1"))
+        new = client.post("/v1/videos", json={"img_name": "a.png", "source_type": "scene"})
+        assert new.status_code == 202
+        held = client.get("/metrics").text
+    after = client.get("/metrics").text
+    if database.is_postgres:
+        assert _value(held, "vidledger_feed_hidden_events") >= 1
+    else:  # serial writes: the feed never holds anything back
+        assert _value(held, "vidledger_feed_hidden_events") == 0
+    assert _value(after, "vidledger_feed_hidden_events") == 0
+    assert _value(after, "vidledger_feed_lag_seconds") == 0
