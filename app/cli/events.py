@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.progress import Progress, TaskID
 
-from app import transfer
+from app import export_format, transfer
 from app.cli.base import cli, ctx, err
 from app.cli.projections import event_progress, run_rebuild, verify_cmd
 from app.queries import VideoQueries
@@ -70,10 +70,10 @@ def import_cmd(
     is harmless. Exits 1 if verify finds drift.
     """
     db = ctx().db
-    header = transfer.read_header(file)
+    header = export_format.read_header(file)
     with event_progress(header.events, "check") as bar:
         task = bar.add_task("check", total=header.events, rate="")
-        header = transfer.check_file(file, progress=_advancer(bar, task))
+        header = export_format.check_file(file, progress=_advancer(bar, task))
     with event_progress(header.events, "import") as bar:
         task = bar.add_task("import", total=header.events, rate="")
         try:

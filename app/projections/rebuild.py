@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import groupby
@@ -36,6 +36,7 @@ from app.events.store import EVENT_COLUMNS, to_event
 from app.events.types import CURRENT_SCHEMA, Json, RecordedEvent
 from app.events.upcasters import upcast
 from app.lifecycle import EventType, Status
+from app.progress import Progress, counted
 from app.projections import status
 from app.projections.projector import ensure_state
 from app.projections.status import StatusRow, apply, apply_into, row_from_mapping
@@ -63,9 +64,6 @@ class RebuildReport:
     #: How long appends were held back for the final catch-up and the swap.
     swap_seconds: float = 0.0
     seconds: float = 0.0
-
-
-Progress = Callable[[int], None]
 
 
 def _shadow(conn: Connection) -> Table:
@@ -397,18 +395,12 @@ def _replay_prefix_by_copy(
 def _counting(
     rows: Iterable[Any], report: RebuildReport, progress: Progress | None
 ) -> Iterator[Any]:
-    n = 0
-    for r in rows:
-        n += 1
-        if n == 1000:
-            report.events += n
-            if progress is not None:
-                progress(n)
-            n = 0
-        yield r
-    report.events += n
-    if progress is not None and n:
-        progress(n)
+    def advance(n: int) -> None:
+        report.events += n
+        if progress is not None:
+            progress(n)
+
+    return counted(rows, advance)
 
 
 def _insert(db: Database, shadow: Table, values: list[dict[str, Any]]) -> None:

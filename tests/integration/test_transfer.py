@@ -20,17 +20,12 @@ from app.db.engine import Database, open_database
 from app.db.tables import events
 from app.events import store
 from app.events.types import DEFAULT_PARAMS
+from app.export_format import TransferFileError, check_file
 from app.projections.rebuild import rebuild
 from app.projections.verify import verify
 from app.queries import VideoQueries
 from app.service import Actor, Idempotency, Policy, VideoService
-from app.transfer import (
-    DivergedLog,
-    TransferFileError,
-    check_file,
-    export_events,
-    import_events,
-)
+from app.transfer import DivergedLog, export_events, import_events
 from tests.conftest import upgrade_and_build
 
 USER = Actor("frontend", correlation_id="req-7")
