@@ -25,6 +25,7 @@ from app.events.types import RecordedEvent
 from app.feed import FeedSignal
 from app.queries import VideoQueries
 from app.service import Policy, VideoService
+from app.ui import mount as mount_ui
 from app.video_files import VideoFiles
 from app.worker.backend import LocalBackend
 from app.worker.loop import run_reaper as reaper_loop
@@ -140,6 +141,7 @@ def create_app(
     errors.install(app)
     for module in (videos, events, stream, worker, admin, me):
         app.include_router(module.router)
+    mount_ui(app)
     if settings.cors_origins:  # none unless configured: browsers may not call cross-site
         app.add_middleware(
             CORSMiddleware,
