@@ -57,12 +57,10 @@ def _free_port() -> int:
 
 
 def make_image(folder: Path, name: str) -> None:
-    """A 320×200 diagonal gradient, so the video visibly pans."""
+    """A 320x200 diagonal gradient, so the video visibly pans."""
     folder.mkdir(parents=True, exist_ok=True)
     img = Image.new("RGB", (320, 200))
-    img.putdata(
-        [(40 + x // 2, 90 + y // 2, 200 - x // 3) for y in range(200) for x in range(320)]
-    )
+    img.putdata([(40 + x // 2, 90 + y // 2, 200 - x // 3) for y in range(200) for x in range(320)])
     img.save(folder / name, format="PNG")
 
 
@@ -77,8 +75,12 @@ class Server:
             base_url=self.url, headers={"Authorization": f"Bearer {self.keys[role]}"}, timeout=10
         )
 
-    def request_video(self, name: str, source_type: str = "scene") -> dict[str, Any]:
-        make_image(self.settings.images_dir, name)
+    def request_video(
+        self, name: str, source_type: str = "scene", *, image: bool = True
+    ) -> dict[str, Any]:
+        """Request a quick video; `image=False` leaves the image missing, so it fails."""
+        if image:
+            make_image(self.settings.images_dir, name)
         with self.api(Role.WRITE) as c:
             r = c.post(
                 "/v1/videos", json={"img_name": name, "source_type": source_type, "params": QUICK}

@@ -104,15 +104,22 @@ export function duration(seconds) {
   return `${Math.floor(s / 86400)} d ${Math.round((s % 86400) / 3600)} h`;
 }
 
+const pad = (n) => String(n).padStart(2, "0");
+
+/** Local time as 2026-11-30 05:36:27 (the ISO UTC instant in the tooltip). */
 export function time(iso) {
   if (!iso) return "–";
   const d = new Date(iso);
-  return el("time", { datetime: iso, title: iso }, d.toLocaleString());
+  const day = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  return el("time", { datetime: iso, title: iso }, `${day} ${clock(d)}`);
 }
 
 export function shortTime(iso) {
-  const d = new Date(iso);
-  return el("time", { datetime: iso, title: iso }, d.toLocaleTimeString());
+  return el("time", { datetime: iso, title: iso }, clock(new Date(iso)));
+}
+
+function clock(d) {
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
 /** Who is signed in: GET /v1/me. Fills the header; null when the key is refused. */

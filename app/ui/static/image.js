@@ -100,15 +100,15 @@ async function loadTimeline() {
     const error = t.data && t.data.error ? `${t.data.error.code}: ${t.data.error.message}` : "";
     const attempt = t.data && t.data.attempt !== undefined ? t.data.attempt : "";
     return el("tr", { dataset: { version: t.version, event: t.event_type } },
-      el("td", { class: "num" }, t.version),
-      el("td", {}, time(t.occurred_at)),
-      el("td", {}, t.event_type),
-      el("td", { class: "transition" }, badge(t.from_status), " → ", badge(t.to_status)),
-      el("td", {}, t.actor),
-      el("td", {}, t.reason || ""),
-      el("td", { class: "num" }, attempt),
-      el("td", { class: "error-text" }, error),
-      el("td", { class: "num", title: ongoing ? "still in this state" : "" },
+      el("td", { class: "num", "data-label": "Version" }, t.version),
+      el("td", { "data-label": "Time" }, time(t.occurred_at)),
+      el("td", { "data-label": "Event" }, t.event_type),
+      el("td", { class: "transition", "data-label": "From → to" }, badge(t.from_status), " → ", badge(t.to_status)),
+      el("td", { "data-label": "Actor" }, t.actor),
+      el("td", { "data-label": "Reason" }, t.reason || ""),
+      el("td", { class: "num", "data-label": "Attempt" }, attempt),
+      el("td", { class: "error-text", "data-label": "Error" }, error),
+      el("td", { class: "num", "data-label": "Time in state", title: ongoing ? "still in this state" : "" },
         `${duration((end - start) / 1000)}${ongoing ? " (now)" : ""}`));
   });
   document.querySelector("#timeline tbody").replaceChildren(...rows);
@@ -193,13 +193,18 @@ async function act(action) {
   await refresh();
 }
 
-async function refresh() {
-  try {
+// Reloads run one at a time, so a slow older answer never overwrites a newer one.
+let chain = Promise.resolve();
+function serially(task) {
+  chain = chain.then(task).catch((error) => showBanner(error.message));
+  return chain;
+}
+
+function refresh() {
+  return serially(async () => {
     await loadStatus();
     await loadTimeline();
-  } catch (error) {
-    showBanner(error.message);
-  }
+  });
 }
 
 async function main() {
@@ -218,7 +223,7 @@ async function main() {
   let timer = null;
   document.getElementById("version").addEventListener("input", () => {
     clearTimeout(timer);
-    timer = setTimeout(() => loadAsOf().catch((e) => showBanner(e.message)), 120);
+    timer = setTimeout(() => serially(loadAsOf), 120);
   });
   await refresh();
   // Follow this image's events live: every transition reloads the page's data.
@@ -235,7 +240,7 @@ async function main() {
     },
   });
   // Progress comes from heartbeats, not events: poll while processing.
-  setInterval(() => { if (status && status.video_status === "processing") loadStatus().catch(() => {}); }, 2000);
+  setInterval(() => { if (status && status.video_status === "processing") serially(loadStatus); }, 2000);
 }
 
 main();

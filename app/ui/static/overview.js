@@ -3,7 +3,25 @@ import { api, el, badge, duration, imagePage, shortTime, whoami, followEvents, s
 const LIVE_ROWS = 25;
 const STATUSES = ["pending", "processing", "completed", "failed", "cancelled"];
 
-async function refreshStats() {
+// One stats read at a time, so an older answer never lands after a newer one.
+let inFlight = null;
+let again = false;
+function refreshStats() {
+  if (inFlight) {
+    again = true;
+    return inFlight;
+  }
+  inFlight = readStats().finally(() => {
+    inFlight = null;
+    if (again) {
+      again = false;
+      refreshStats().catch(() => {});
+    }
+  });
+  return inFlight;
+}
+
+async function readStats() {
   const stats = await api("/v1/stats");
   for (const [status, n] of Object.entries(stats.by_status)) {
     const node = document.querySelector(`[data-count="${status}"]`);

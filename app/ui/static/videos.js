@@ -27,7 +27,12 @@ function row(v) {
     el("td", {}, time(v.updated_at)));
 }
 
+// Only the newest load may fill the table: an older answer arriving late
+// (say, the unfiltered first page) must not overwrite a filtered one.
+let loads = 0;
+
 async function load(cursor) {
+  const mine = ++loads;
   const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
   for (const name of FIELDS) {
     const value = form.elements[name].value.trim();
@@ -36,6 +41,7 @@ async function load(cursor) {
   if (cursor) params.set("cursor", cursor);
   try {
     const page = await api(`/v1/videos?${params}`);
+    if (mine !== loads) return;
     document.querySelector("#videos tbody").replaceChildren(...page.items.map(row));
     document.getElementById("videos-empty").hidden = page.items.length > 0;
     current = cursor;
