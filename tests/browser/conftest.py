@@ -71,9 +71,10 @@ class Server:
     settings: Settings
 
     def api(self, role: Role = Role.ADMIN) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.keys[role]}"}, timeout=10
-        )
+        """A client with the role's key (none in open mode)."""
+        secret = self.keys.get(role)
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
     def request_video(
         self, name: str, source_type: str = "scene", *, image: bool = True
@@ -107,7 +108,7 @@ def start_server(sqlite_template: Path, tmp_path: Path) -> Iterator[Callable[...
     """Start servers (`worker=True` runs the in-process worker); all stop at teardown."""
     running: list[tuple[uvicorn.Server, threading.Thread]] = []
 
-    def start(*, worker: bool) -> Server:
+    def start(*, worker: bool, keys: bool = True) -> Server:
         folder = tmp_path / f"server{len(running)}"
         folder.mkdir()
         shutil.copy(sqlite_template, folder / "vidledger.db")
@@ -120,7 +121,9 @@ def start_server(sqlite_template: Path, tmp_path: Path) -> Iterator[Callable[...
         )
         db = open_database(settings.database_url, pool_size=2)
         now = datetime.now(UTC)
-        keys = {role: create_key(db, f"{role.value}-key", role, now) for role in Role}
+        secrets = (
+            {role: create_key(db, f"{role.value}-key", role, now) for role in Role} if keys else {}
+        )
         db.dispose()
         port = _free_port()
         app = create_app(settings, run_worker=worker)
@@ -135,7 +138,7 @@ def start_server(sqlite_template: Path, tmp_path: Path) -> Iterator[Callable[...
         while not srv.started:
             assert time.monotonic() < deadline, "server did not start"
             time.sleep(0.02)
-        return Server(f"http://127.0.0.1:{port}", keys, settings)
+        return Server(f"http://127.0.0.1:{port}", secrets, settings)
 
     yield start
     for srv, _ in running:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from app.keys import Role
 from tests.browser.conftest import PHONE, Server, screenshot
@@ -52,6 +53,7 @@ def test_overview_shows_a_requested_video_arrive_live_and_complete(
     server.request_video("lost.png", "upload", image=False)
     live_row(page, "lost.png", "failed").wait_for()
     page.locator('[data-count="failed"]', has_text="1").wait_for()
+    page.locator("#ready", has_text="healthy").wait_for()
     assert page.js_errors == []
     screenshot(page, "overview-desktop")
     page.set_viewport_size(PHONE)
@@ -195,6 +197,7 @@ def test_videos_table_filters_by_status_source_and_prefix_and_pages(
     page.locator("#page-no", has_text="Page 1").wait_for()
     wait_js(page, "document.querySelectorAll('#videos tbody tr').length === 25")
     first = set(page.locator("#videos tbody th").all_inner_texts())
+    screenshot(page, "videos-desktop")
     page.get_by_role("button", name="Next").click()
     page.locator("#page-no", has_text="Page 2").wait_for()
     second = set(page.locator("#videos tbody th").all_inner_texts())
@@ -223,3 +226,37 @@ def test_projections_page_verifies_for_an_admin(
     row.get_by_role("button", name="Verify image_video_status").click()
     page.locator("#verify-summary", has_text="no drift").wait_for()
     assert "1 images checked" in page.locator("#verify-summary").inner_text()
+
+    # Drift (the table edited behind the log's back) is listed column by column.
+    engine = create_engine(server.settings.database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE image_video_status SET attempts = 7 WHERE img_name = 'a.png'"))
+    engine.dispose()
+    row.get_by_role("button", name="Verify image_video_status").click()
+    page.locator("#verify-summary", has_text="1 image(s) differ").wait_for()
+    cells = page.locator("#differences tbody tr").first.locator("th, td").all_inner_texts()
+    assert cells == ["a.png", "attempts", "0", "7"]
+    screenshot(page, "projections-desktop")
+
+
+def test_open_mode_needs_no_key_and_streams_the_video_directly(
+    start_server: StartServer, open_page: OpenPage
+) -> None:
+    server = start_server(worker=True, keys=False)
+    server.request_video("open.png")
+    server.wait_status("open.png", "completed")
+    page = open_page(f"{server.url}/ui/videos/open.png", None)
+    assert page.locator("#who-label").inner_text() == "open mode (no keys)"
+    assert page.get_by_role("button", name="Regenerate").count() == 1
+    wait_js(page, "document.getElementById('player').readyState >= 2")
+    src = page.evaluate("document.getElementById('player').currentSrc")
+    assert src.startswith(f"{server.url}/v1/videos/open.png/content")
+
+    page.get_by_role("button", name="Regenerate").click()
+    page.locator("#confirm").get_by_role("button", name="Confirm").click()
+    page.locator('#timeline tbody tr[data-version="6"]').wait_for()
+    page.locator("#status-badge", has_text="completed").wait_for()
+    with server.api() as c:
+        events = [e["event_type"] for e in c.get("/v1/videos/open.png/history").json()["items"]]
+    assert events[3:] == ["VideoRequested", "VideoProcessingStarted", "VideoCompleted"]
+    assert page.js_errors == []

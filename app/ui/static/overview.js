@@ -33,6 +33,11 @@ async function readStats() {
   document.getElementById("due").textContent =
     `${stats.due.toLocaleString()} of ${stats.queue_depth.toLocaleString()}`;
   document.getElementById("total").textContent = stats.total.toLocaleString();
+  // /readyz needs no key: the database answers and every projection is current.
+  const ready = await fetch("/readyz", { cache: "no-store" });
+  const readyText = ready.ok ? "healthy" : `not ready: ${(await ready.json()).detail}`;
+  const readyNode = document.getElementById("ready");
+  readyNode.replaceChildren(el("span", { class: `badge ${ready.ok ? "p-ok" : "p-stale"}` }, readyText));
   const rows = Object.entries(stats.by_source_type)
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([source, counts]) => {
