@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import threading
@@ -42,6 +43,7 @@ CHROMIUM_ARGS = [
 ]
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("VIDLEDGER_SCREENSHOTS", ROOT / "var" / "screenshots"))
+EXPECTED_REFUSAL = re.compile(r"status of 40[139] ")
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
@@ -184,6 +186,15 @@ def open_page(browser: Any) -> Iterator[Callable[..., Any]]:
         page = context.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        # Console errors too: a Content-Security-Policy violation or a failed load
+        # shows there. The API's refusals (401, 403, 409) are expected: the page
+        # shows them to the operator.
+        def on_console(msg: Any) -> None:
+            if msg.type == "error" and not EXPECTED_REFUSAL.search(msg.text):
+                errors.append(msg.text)
+
+        page.on("console", on_console)
         page.js_errors = errors
         page.goto(url)
         return page

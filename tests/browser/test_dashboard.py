@@ -154,6 +154,7 @@ def test_a_read_only_key_sees_no_action_buttons(
     page.goto(f"{server.url}/ui/projections")
     page.locator("#banner", has_text="may not admin").wait_for()
     assert page.locator("#projections tbody tr").count() == 0
+    assert page.js_errors == []
 
 
 def test_sign_in_keeps_the_key_in_the_tab_and_bad_keys_are_refused(
@@ -178,6 +179,7 @@ def test_sign_in_keeps_the_key_in_the_tab_and_bad_keys_are_refused(
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url(f"{server.url}/ui/signin")
     assert page.evaluate("sessionStorage.getItem('vidledger.apiKey')") is None
+    assert page.js_errors == []
 
 
 def test_videos_table_filters_by_status_source_and_prefix_and_pages(
@@ -212,6 +214,7 @@ def test_videos_table_filters_by_status_source_and_prefix_and_pages(
     wait_js(page, "document.querySelectorAll('#videos tbody tr').length === 1")
     assert page.locator("#videos tbody th").inner_text() == "shot-00.png"
     assert "status=cancelled" in page.url
+    assert page.js_errors == []
 
 
 def test_projections_page_verifies_for_an_admin(
@@ -236,6 +239,7 @@ def test_projections_page_verifies_for_an_admin(
     page.locator("#verify-summary", has_text="1 image(s) differ").wait_for()
     cells = page.locator("#differences tbody tr").first.locator("th, td").all_inner_texts()
     assert cells == ["a.png", "attempts", "0", "7"]
+    assert page.js_errors == []
     screenshot(page, "projections-desktop")
 
 
@@ -246,7 +250,8 @@ def test_open_mode_needs_no_key_and_streams_the_video_directly(
     server.request_video("open.png")
     server.wait_status("open.png", "completed")
     page = open_page(f"{server.url}/ui/videos/open.png", None)
-    assert page.locator("#who-label").inner_text() == "open mode (no keys)"
+    page.locator("#who-label", has_text="open mode (no keys)").wait_for()
+    page.locator("#status-badge", has_text="completed").wait_for()
     assert page.get_by_role("button", name="Regenerate").count() == 1
     wait_js(page, "document.getElementById('player').readyState >= 2")
     src = page.evaluate("document.getElementById('player').currentSrc")

@@ -150,10 +150,15 @@ const ACTIONS = {
     label: "Regenerate",
     verb: "Generate a new video",
     noReason: true,
-    call: () => api("/v1/videos", {
-      method: "POST",
-      body: { img_name: NAME, source_type: status.source_type || "upload", prompt: status.prompt, regenerate: true },
-    }),
+    call: () => {
+      if (!status.source_type) {
+        throw new Error("no source type is known for this image: request its first video through the API");
+      }
+      return api("/v1/videos", {
+        method: "POST",
+        body: { img_name: NAME, source_type: status.source_type, prompt: status.prompt, regenerate: true },
+      });
+    },
   },
   delete: {
     label: "Delete",
@@ -188,7 +193,7 @@ async function act(action) {
     result.textContent = `${action}: now ${v.video_status}.`;
   } catch (error) {
     result.className = "result error";
-    result.textContent = error instanceof ApiError ? `Refused: ${error.message}` : String(error);
+    result.textContent = error instanceof ApiError ? `Refused: ${error.message}` : error.message;
   }
   await refresh();
 }
