@@ -265,3 +265,38 @@ def test_open_mode_needs_no_key_and_streams_the_video_directly(
         events = [e["event_type"] for e in c.get("/v1/videos/open.png/history").json()["items"]]
     assert events[3:] == ["VideoRequested", "VideoProcessingStarted", "VideoCompleted"]
     assert page.js_errors == []
+
+
+def test_keyboard_alone_can_cancel_and_escape_backs_out(
+    start_server: StartServer, open_page: OpenPage
+) -> None:
+    server = start_server(worker=False)
+    server.request_video("keys.png")
+    page = open_page(f"{server.url}/ui/videos/keys.png", server.keys[Role.ADMIN])
+    page.locator("#status-badge", has_text="pending").wait_for()
+
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    for _ in range(20):  # Tab through the page to the Cancel button
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Cancel":
+            break
+    else:
+        raise AssertionError("Cancel is not reachable with Tab")
+
+    page.keyboard.press("Enter")
+    assert page.locator("#confirm").is_visible()
+    page.keyboard.press("Escape")
+    assert not page.locator("#confirm").is_visible()
+    assert server.status("keys.png")["video_status"] == "pending"
+
+    page.keyboard.press("Enter")  # focus went back to Cancel
+    assert page.evaluate("document.activeElement.id") == "confirm-reason"
+    page.keyboard.type("typed only")
+    page.keyboard.press("Enter")
+    page.locator("#status-badge", has_text="cancelled").wait_for()
+    with server.api() as c:
+        assert c.get("/v1/videos/keys.png/history").json()["items"][-1]["reason"] == "typed only"
+    assert page.js_errors == []

@@ -177,6 +177,8 @@ function confirmAction(action) {
   reason.value = "";
   reason.parentElement.hidden = !!ACTIONS[action].noReason;
   dialog.returnValue = "";
+  // Back is no submit button, so Enter in the reason field confirms; Escape backs out.
+  document.getElementById("confirm-back").onclick = () => dialog.close("");
   dialog.showModal();
   return new Promise((resolve) => {
     dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok" ? reason.value.trim() : null), { once: true });
