@@ -168,6 +168,8 @@ def test_sign_in_keeps_the_key_in_the_tab_and_bad_keys_are_refused(
     page.get_by_label("API key").fill("vl_nope_nope")
     page.get_by_role("button", name="Sign in").click()
     page.locator("#signin-result", has_text="unknown or revoked API key").wait_for()
+    page.set_viewport_size(PHONE)
+    screenshot(page, "signin-phone")
     assert page.evaluate("sessionStorage.getItem('vidledger.apiKey')") is None
 
     page.get_by_label("API key").fill(server.keys[Role.WRITE])
@@ -200,6 +202,8 @@ def test_videos_table_filters_by_status_source_and_prefix_and_pages(
     wait_js(page, "document.querySelectorAll('#videos tbody tr').length === 25")
     first = set(page.locator("#videos tbody th").all_inner_texts())
     screenshot(page, "videos-desktop")
+    page.set_viewport_size(PHONE)
+    screenshot(page, "videos-phone")
     page.get_by_role("button", name="Next").click()
     page.locator("#page-no", has_text="Page 2").wait_for()
     second = set(page.locator("#videos tbody th").all_inner_texts())

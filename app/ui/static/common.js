@@ -34,7 +34,7 @@ async function problemOf(response) {
 }
 
 /** Call the API with the key; JSON in, JSON out; an ApiError when refused. */
-export async function api(path, { method = "GET", body, signal } = {}) {
+export async function api(path, { method = "GET", body, signal, quiet = false } = {}) {
   const headers = { Accept: "application/json", ...authHeaders() };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
@@ -45,7 +45,7 @@ export async function api(path, { method = "GET", body, signal } = {}) {
   });
   if (!response.ok) {
     const error = new ApiError(response.status, await problemOf(response));
-    if (response.status === 401) showBanner(error.message, true);
+    if (response.status === 401 && !quiet) showBanner(error.message, true);
     throw error;
   }
   return response.status === 204 ? null : response.json();
@@ -123,7 +123,7 @@ function clock(d) {
 }
 
 /** Who is signed in: GET /v1/me. Fills the header; null when the key is refused. */
-export async function whoami() {
+export async function whoami({ quiet = false } = {}) {
   const label = document.getElementById("who-label");
   const signIn = document.getElementById("signin-link");
   const signOut = document.getElementById("signout");
@@ -132,7 +132,7 @@ export async function whoami() {
     location.href = "/ui/signin";
   };
   try {
-    const me = await api("/v1/me");
+    const me = await api("/v1/me", { quiet });
     label.textContent = me.open ? "open mode (no keys)" : `${me.name} · ${me.role}`;
     signIn.hidden = !me.open && !!getKey();
     signOut.hidden = !getKey();

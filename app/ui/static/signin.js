@@ -1,6 +1,6 @@
 import { api, setKey, whoami } from "./common.js";
 
-whoami();
+whoami({ quiet: true });
 const form = document.getElementById("signin-form");
 const result = document.getElementById("signin-result");
 form.addEventListener("submit", async (event) => {
@@ -8,7 +8,7 @@ form.addEventListener("submit", async (event) => {
   const key = form.elements.key.value.trim();
   setKey(key);
   try {
-    const me = await api("/v1/me");
+    const me = await api("/v1/me", { quiet: true });
     result.className = "result ok";
     result.textContent = `Signed in as ${me.name} (role ${me.role}).`;
     await whoami();
@@ -17,6 +17,6 @@ form.addEventListener("submit", async (event) => {
     setKey(null);
     result.className = "result error";
     result.textContent = error.message;
-    whoami();
+    whoami({ quiet: true });
   }
 });
