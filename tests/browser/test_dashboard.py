@@ -198,24 +198,29 @@ def test_videos_table_filters_by_status_source_and_prefix_and_pages(
     page.get_by_label("Name starts with").fill("shot-")
     page.get_by_label("Source type").fill("scene")
     page.get_by_role("button", name="Filter").click()
-    page.locator("#page-no", has_text="Page 1").wait_for()
-    wait_js(page, "document.querySelectorAll('#videos tbody tr').length === 25")
+    loaded = page.locator('#videos[aria-busy="false"]')
+    loaded.wait_for()
+    assert page.locator("#page-no").inner_text() == "Page 1"
+    assert page.locator("#videos tbody tr").count() == 25
     first = set(page.locator("#videos tbody th").all_inner_texts())
     screenshot(page, "videos-desktop")
     page.set_viewport_size(PHONE)
     screenshot(page, "videos-phone")
     page.get_by_role("button", name="Next").click()
-    page.locator("#page-no", has_text="Page 2").wait_for()
+    loaded.wait_for()
+    assert page.locator("#page-no").inner_text() == "Page 2"
     second = set(page.locator("#videos tbody th").all_inner_texts())
     assert len(second) == 5 and not first & second
     assert first | second == {f"shot-{i:02d}.png" for i in range(30)}
     assert page.get_by_role("button", name="Next").is_disabled()
     page.get_by_role("button", name="Previous").click()
-    page.locator("#page-no", has_text="Page 1").wait_for()
+    loaded.wait_for()
+    assert set(page.locator("#videos tbody th").all_inner_texts()) == first
 
     page.get_by_label("Status").select_option("cancelled")
     page.get_by_role("button", name="Filter").click()
-    wait_js(page, "document.querySelectorAll('#videos tbody tr').length === 1")
+    loaded.wait_for()
+    assert page.locator("#videos tbody tr").count() == 1
     assert page.locator("#videos tbody th").inner_text() == "shot-00.png"
     assert "status=cancelled" in page.url
     assert page.js_errors == []

@@ -33,6 +33,8 @@ let loads = 0;
 
 async function load(cursor) {
   const mine = ++loads;
+  const table = document.getElementById("videos");
+  table.setAttribute("aria-busy", "true");
   const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
   for (const name of FIELDS) {
     const value = form.elements[name].value.trim();
@@ -53,6 +55,8 @@ async function load(cursor) {
     document.getElementById("banner").hidden = true;
   } catch (error) {
     showBanner(error.message);
+  } finally {
+    if (mine === loads) table.setAttribute("aria-busy", "false");
   }
 }
 
