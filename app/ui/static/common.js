@@ -134,7 +134,7 @@ export async function whoami({ quiet = false } = {}) {
   try {
     const me = await api("/v1/me", { quiet });
     label.textContent = me.open ? "open mode (no keys)" : `${me.name} · ${me.role}`;
-    signIn.hidden = !me.open && !!getKey();
+    signIn.hidden = true;
     signOut.hidden = !getKey();
     return me;
   } catch (error) {
