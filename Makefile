@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,21 @@ run: install
 	$(BIN)/vidledger db upgrade
 	$(BIN)/vidledger serve
 
-test: install
+test: install chromium
 	$(BIN)/pytest
+
+# The browser tests drive Debian's Chromium (never a downloaded build). Install
+# it when it is missing and apt-get is usable (root); otherwise those tests skip,
+# or fail when CI is set.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	    if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	        echo "installing Debian's chromium for the browser tests"; \
+	        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	    else \
+	        echo "no /usr/bin/chromium and no apt-get as root: browser tests will skip"; \
+	    fi; \
+	fi
 
 lint: install
 	$(BIN)/ruff check .

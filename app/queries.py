@@ -110,9 +110,16 @@ class VideoQueries:
         source_type: str | None,
         limit: int,
         cursor: str | None,
+        name_prefix: str | None = None,
     ) -> Page:
         """Images newest `updated_at` first, with a keyset cursor."""
         query = _STATUS_QUERY
+        if name_prefix is not None:
+            # substr, not LIKE: LIKE ignores ASCII case on SQLite, and a range
+            # on img_name depends on PostgreSQL's collation. Both count characters.
+            query = query.where(
+                func.substr(image_status.c.img_name, 1, len(name_prefix)) == name_prefix
+            )
         if status is not None:
             query = query.where(image_status.c.video_status == status.value)
         if source_type is not None:
@@ -163,9 +170,18 @@ class VideoQueries:
         next_cursor = _encode([got[-1].version]) if more else None
         return Page(items=[transition_body(e) for e in got], next_cursor=next_cursor)
 
-    def events(self, *, after: str | None, limit: int, filters: FeedFilter) -> Page:
-        """The global feed. `next_cursor` is where to continue (also at the end)."""
+    def events(
+        self, *, after: str | None, limit: int, filters: FeedFilter, tail: bool = False
+    ) -> Page:
+        """The global feed. `next_cursor` is where to continue (also at the end).
+
+        `tail` reads the last `limit` events instead (in feed order), so a
+        reader can start near now rather than at the beginning of the log.
+        """
         with self.db.read() as conn:
+            if tail:
+                page = store.read_tail(conn, limit=limit, filters=filters)
+                return Page([event_body(e, store.cursor_of(e)) for e in page.events], page.cursor)
             try:
                 page = store.read_all(conn, after=after, limit=limit, filters=filters)
             except ValueError as exc:

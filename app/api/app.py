@@ -17,7 +17,7 @@ from app.api import errors
 from app.api.deps import AuthGate
 from app.api.metrics import HttpMetrics, Metrics, StateCollector
 from app.api.middleware import BodyLimit, RequestId
-from app.api.routes import admin, events, stream, videos, worker
+from app.api.routes import admin, events, me, stream, videos, worker
 from app.config import Settings
 from app.db.engine import Database, open_database
 from app.db.notify import start_listener
@@ -25,6 +25,7 @@ from app.events.types import RecordedEvent
 from app.feed import FeedSignal
 from app.queries import VideoQueries
 from app.service import Policy, VideoService
+from app.ui import mount as mount_ui
 from app.video_files import VideoFiles
 from app.worker.backend import LocalBackend
 from app.worker.loop import run_reaper as reaper_loop
@@ -138,8 +139,9 @@ def create_app(
     app.state.feed_ping_seconds = 15.0  # SSE keep-alive comments; tests shorten it
 
     errors.install(app)
-    for module in (videos, events, stream, worker, admin):
+    for module in (videos, events, stream, worker, admin, me):
         app.include_router(module.router)
+    mount_ui(app)
     if settings.cors_origins:  # none unless configured: browsers may not call cross-site
         app.add_middleware(
             CORSMiddleware,

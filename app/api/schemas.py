@@ -202,6 +202,13 @@ class VerifyResult(BaseModel):
     )
 
 
+class Me(BaseModel):
+    name: str = Field(description="the key's name, the actor on the events it causes")
+    role: Literal["read", "write", "worker", "admin"]
+    permissions: list[str] = Field(description="what the role may do: read, write, worker, admin")
+    open: bool = Field(description="true when the server runs open (no key exists)")
+
+
 class Problem(BaseModel):
     type: str = "about:blank"
     title: str

@@ -199,7 +199,31 @@ def read_all(
     Never skips an event that commits late (see `dialect.feed_filter`).
     Raises ValueError for a cursor this database did not make.
     """
-    query: Select[Any] = select(*EVENT_COLUMNS).where(dialect.feed_filter(conn, events, after))
+    query = _filtered(
+        select(*EVENT_COLUMNS).where(dialect.feed_filter(conn, events, after)), filters
+    )
+    query = query.order_by(*dialect.feed_order(conn, events)).limit(limit)
+    got = [to_event(r) for r in conn.execute(query)]
+    cursor = cursor_of(got[-1]) if got else after
+    return FeedPage(events=got, cursor=cursor)
+
+
+def read_tail(conn: Connection, *, limit: int, filters: FeedFilter | None = None) -> FeedPage:
+    """The last `limit` visible events of the global log, in feed order.
+
+    Its cursor is the last one's, so a reader continues from there (with the
+    same filters) and misses nothing: anything not yet visible sorts after it.
+    """
+    query = _filtered(
+        select(*EVENT_COLUMNS).where(dialect.feed_filter(conn, events, None)), filters
+    )
+    newest_first = [column.desc() for column in dialect.feed_order(conn, events)]
+    got = [to_event(r) for r in conn.execute(query.order_by(*newest_first).limit(limit))]
+    got.reverse()
+    return FeedPage(events=got, cursor=cursor_of(got[-1]) if got else None)
+
+
+def _filtered(query: Select[Any], filters: FeedFilter | None) -> Select[Any]:
     f = filters or FeedFilter()
     if f.img_name is not None:
         query = query.where(events.c.img_name == f.img_name)
@@ -213,10 +237,7 @@ def read_all(
                 image_status.c.source_type == f.source_type,
             ),
         )
-    query = query.order_by(*dialect.feed_order(conn, events)).limit(limit)
-    got = [to_event(r) for r in conn.execute(query)]
-    cursor = cursor_of(got[-1]) if got else after
-    return FeedPage(events=got, cursor=cursor)
+    return query
 
 
 def count_after(conn: Connection, after: str | None) -> int:

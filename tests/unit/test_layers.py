@@ -9,7 +9,7 @@ import pytest
 
 APP = Path(__file__).resolve().parents[2] / "app"
 CORE = ["lifecycle.py", "errors.py", "naming.py", "events/types.py", "events/upcasters.py"]
-EDGES = ["api", "cli"]
+EDGES = ["api", "cli", "ui"]
 FORBIDDEN_IN_CORE = ("sqlalchemy", "fastapi", "starlette", "app.config", "app.db", "psycopg2")
 
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.deps import Queries, Reader
 from app.api.errors import responses
 from app.api.schemas import EventPage, SourceType, Stats
+from app.errors import ValidationFailed
 from app.events.store import FeedFilter
 from app.lifecycle import EventType
 from app.service import utcnow
@@ -31,7 +32,17 @@ def list_events(
     img_name: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
     source_type: Annotated[SourceType | None, Query()] = None,
     event_type: EventType | None = None,
+    tail: Annotated[
+        bool,
+        Query(
+            description="the last `limit` events (still oldest first) instead of those "
+            "after `after`; its next_cursor continues from now"
+        ),
+    ] = False,
 ) -> Response:
+    if tail and after is not None:
+        msg = "give either 'after' or 'tail', not both"
+        raise ValidationFailed(msg, errors=[{"loc": ["query", "tail"], "msg": msg}])
     page = q.events(
         after=after,
         limit=limit,
@@ -40,6 +51,7 @@ def list_events(
             source_type=source_type,
             event_type=event_type.value if event_type is not None else None,
         ),
+        tail=tail,
     )
     return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
 

@@ -107,12 +107,17 @@ def list_videos(
     source_type: Annotated[SourceType | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    name_prefix: Annotated[
+        str | None,
+        Query(min_length=1, max_length=500, description="only images whose name starts so"),
+    ] = None,
 ) -> Response:
     page = q.list_videos(
         status=Status(status) if status is not None else None,
         source_type=source_type,
         limit=limit,
         cursor=cursor,
+        name_prefix=name_prefix,
     )
     return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
 
