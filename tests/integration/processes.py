@@ -136,10 +136,12 @@ class Processes:
         self.env = env
         self.started: list[CliProcess] = []
 
-    def server(self, name: str, *, worker: bool = True) -> Server:
+    def server(self, name: str, *, worker: bool = True, wait: bool = True) -> Server:
+        """Start `serve`; with `wait`, return once it answers (else call `wait_healthy`)."""
         server = Server(self.env, self.tmp / "logs" / f"{name}.log", worker=worker)
         self.started.append(server)
-        server.wait_healthy()
+        if wait:
+            server.wait_healthy()
         return server
 
     def worker(self, worker_id: str, *extra_args: str) -> CliProcess:
