@@ -112,6 +112,7 @@ class Load:
         except httpx.TimeoutException as exc:
             return self._record(Answer(kind, img_name, None, error=f"timeout: {exc!r}")), None
         except httpx.TransportError as exc:
+            self.stop.wait(0.1)  # nobody is listening: no need to spin
             return self._record(Answer(kind, img_name, None, error=type(exc).__name__)), None
         answer = Answer(kind, img_name, response.status_code)
         if response.status_code >= 400:
