@@ -9,6 +9,7 @@ and while the database is down the API answers 503 `unavailable` problem JSON
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -175,6 +176,29 @@ class Load:
                     if response is not None and response.status_code != 503:
                         break
                     time.sleep(0.1)
+
+
+class Follower:
+    """Reads /v1/events/stream from the start of the log, in a thread, until the
+    server closes it; `error` says why it broke, if it did."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.events: list[dict[str, Any]] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        timeout = httpx.Timeout(CLIENT_TIMEOUT, read=60.0)  # pings come every 15 s
+        try:
+            with httpx.stream("GET", f"{self.url}/v1/events/stream", timeout=timeout) as r:
+                assert r.status_code == 200, r.read()
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        self.events.append(json.loads(line.removeprefix("data:")))
+        except BaseException as exc:
+            self.error = exc
 
 
 # --- checking the log -------------------------------------------------------------
@@ -414,6 +438,7 @@ def test_a_database_restart_and_outage_under_load_answer_503_and_recover(
         worker = procs.worker("standalone")
         # The feed's and the in-process worker's listeners, and the standalone one's.
         wait_for(lambda: listeners(db) == 3, 30, "three LISTEN connections")
+        follower = Follower(server.url)
         with Load(server.url, images) as load:
             wait_for(lambda: load.count("request") >= 20, 60, "load accepted")
 
@@ -426,6 +451,7 @@ def test_a_database_restart_and_outage_under_load_answer_503_and_recover(
             own_cluster.ctl("stop")
             down = time.monotonic()
             wait_for(lambda: load.count("request", ok=False, since=down) >= 10, 30, "503s")
+            time.sleep(2.0)  # longer than an idle event stream's 1 s between reads
             with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT) as http:
                 body = {"img_name": "during-outage.png", "source_type": "scene"}
                 for response in (
@@ -452,6 +478,14 @@ def test_a_database_restart_and_outage_under_load_answer_503_and_recover(
         check_every_accepted_answer_is_logged(db, load)
         check_all_completed_once(db)
         check_projection(db)
+        # A live event stream rode through it all: every event, once, in one response.
+        with db.read() as conn:
+            logged = {str(i) for i in conn.exec_driver_sql(
+                "SELECT event_id FROM video_status_events").scalars()}  # fmt: skip
+        wait_for(lambda: len(follower.events) >= len(logged) or follower.error is not None, 30)
+        assert follower.error is None, f"the event stream broke: {follower.error!r}"
+        streamed = [e["event_id"] for e in follower.events]
+        assert len(streamed) == len(set(streamed)) and set(streamed) == logged
     finally:
         procs.stop_all()
         db.dispose()
