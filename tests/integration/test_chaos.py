@@ -293,11 +293,16 @@ def test_with_no_database_listening_the_api_answers_503_problem_json(tmp_path: P
         for response in (
             client.post("/v1/videos", json=body),
             client.get("/v1/videos/cat.png"),
+            client.get("/v1/events"),
+            client.get("/v1/stats"),
             client.get("/readyz"),
         ):
             assert response.status_code == 503, response.text
             assert problem_code(response) == "unavailable"
             assert response.headers["retry-after"] == "1"
+        # What needs no database still answers.
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 200
     finally:
         db.dispose()
 
