@@ -389,6 +389,26 @@ def _newest_postgres_version() -> str | None:
     return max(versions, key=int) if versions else None
 
 
+CLUSTER_PREFIX = "vidledger_chaos_"
+
+
+def _drop_leftover_clusters(version: str) -> None:
+    """Drop throwaway clusters of test runs that died before their teardown
+    (the name carries the pytest process id)."""
+    for conf in Path("/etc/postgresql", version).glob(f"{CLUSTER_PREFIX}*"):
+        pid = conf.name.removeprefix(CLUSTER_PREFIX)
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            subprocess.run(
+                ["pg_dropcluster", "--stop", version, conf.name], capture_output=True, timeout=120
+            )
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 @pytest.fixture
 def own_cluster() -> Iterator[Cluster]:
     version = _newest_postgres_version()
@@ -397,7 +417,8 @@ def own_cluster() -> Iterator[Cluster]:
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-    cluster = Cluster(version, f"vidledger_chaos_{os.getpid()}", free_port())
+    _drop_leftover_clusters(version)
+    cluster = Cluster(version, f"{CLUSTER_PREFIX}{os.getpid()}", free_port())
     create = [
         "pg_createcluster", version, cluster.name, "--port", str(cluster.port),
         "--start-conf", "manual", "--quiet",
