@@ -4,7 +4,8 @@ the database itself is restarted and stopped, while clients keep writing.
 What must hold afterwards: every request that got a 2xx has its event in the
 log, every image in the log has its projection row and `verify` is clean,
 and while the database is down the API answers 503 `unavailable` problem JSON
-(never a traceback, never a hang) and recovers on its own.
+(never a traceback, never a hang) and recovers on its own. A worker whose
+finished video meets a short outage records it once the outage is over.
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ from fastapi.testclient import TestClient
 from app.api import create_app
 from app.config import Settings
 from app.db.engine import Database, open_database
+from app.errors import Unavailable
 from app.events import store
 from app.events.types import RecordedEvent
 from app.lifecycle import EventType
 from app.projections.verify import verify
+from app.queries import VideoQueries
+from app.service import Actor, Policy, VideoService
+from app.video_files import VideoFiles
+from app.worker.backend import LocalBackend
+from app.worker.generators import KenBurnsGenerator
+from app.worker.loop import Worker, WorkerConfig
 from tests.conftest import IN_CI, upgrade_and_build
 from tests.integration.processes import (
     TINY,
@@ -515,3 +523,50 @@ def test_a_database_restart_and_outage_under_load_answer_503_and_recover(
     finally:
         procs.stop_all()
         db.dispose()
+
+
+# --- 3. a finished video meets a short outage ------------------------------------------
+
+
+class OutageOnComplete(LocalBackend):
+    """The real backend, whose first `complete` calls meet a database outage."""
+
+    def __init__(self, service: VideoService, outages: int) -> None:
+        super().__init__(service)
+        self.outages = outages
+
+    def complete(
+        self, img_name: str, token: str, video_filename: str, metadata: dict[str, Any]
+    ) -> None:
+        if self.outages:
+            self.outages -= 1
+            raise Unavailable("the database is unavailable; try again shortly")
+        super().complete(img_name, token, video_filename, metadata)
+
+
+def test_a_finished_video_is_recorded_once_a_short_outage_is_over(
+    database: Database, tmp_path: Path
+) -> None:
+    images, videos = tmp_path / "images", tmp_path / "videos"
+    make_png(images, "a.png")
+    svc = VideoService(database, Policy(lease_seconds=30), files=VideoFiles(videos))
+    svc.request_video("a.png", "scene", Actor("app"), params=TINY)
+    config = WorkerConfig("w1", images, videos, poll_seconds=0.05)
+    worker = Worker(OutageOnComplete(svc, outages=2), KenBurnsGenerator(), config)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        # Well inside the 30 s lease: the worker tried again, not the reaper.
+        wait_for(lambda: VideoQueries(database).status("a.png")["video_status"] == "completed", 20)
+    finally:
+        worker.stop.set()
+        worker.wake.set()
+        thread.join(30)
+    with database.read() as conn:
+        stream = store.read_stream(conn, "a.png")
+    assert [e.event_type for e in stream] == [
+        EventType.REQUESTED,
+        EventType.PROCESSING_STARTED,
+        EventType.COMPLETED,
+    ]
+    assert (videos / stream[-1].data["video_filename"]).stat().st_size > 0
