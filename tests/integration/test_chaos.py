@@ -39,6 +39,7 @@ from app.projections.verify import verify
 from app.queries import VideoQueries
 from app.service import Actor, Policy, VideoService
 from app.video_files import VideoFiles
+from app.worker import loop
 from app.worker.backend import LocalBackend
 from app.worker.generators import KenBurnsGenerator
 from app.worker.loop import Worker, WorkerConfig
@@ -545,8 +546,9 @@ class OutageOnComplete(LocalBackend):
 
 
 def test_a_finished_video_is_recorded_once_a_short_outage_is_over(
-    database: Database, tmp_path: Path
+    database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(loop, "RECORD_RETRY_SECONDS", 0.05)
     images, videos = tmp_path / "images", tmp_path / "videos"
     make_png(images, "a.png")
     svc = VideoService(database, Policy(lease_seconds=30), files=VideoFiles(videos))
