@@ -37,7 +37,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
@@ -242,6 +242,29 @@ def configure_engine(engine: Engine, *, writer: bool) -> None:
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: SQLSTATEs of a server that is going away or not taking connections yet:
+#: admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def is_unavailable(exc: DBAPIError) -> bool:
+    """True when `exc` says the database cannot be reached right now (down,
+    restarting, the connection lost), not that the statement was refused.
+
+    SQLAlchemy flags a lost connection (`connection_invalidated`). A failed
+    *connect* is not flagged: psycopg2 raises it as an OperationalError with
+    no SQLSTATE (refused, reset, "the database system is shutting down" or
+    "starting up"), while errors a live server sends always carry one.
+    """
+    if exc.connection_invalidated:
+        return True
+    # Only psycopg2's errors have a `pgcode`; SQLite's stay the caller's to handle.
+    if not isinstance(exc, OperationalError) or not hasattr(exc.orig, "pgcode"):
+        return False
+    code: str | None = getattr(exc.orig, "pgcode", None)
+    return code is None or code.startswith("08") or code in _UNAVAILABLE_SQLSTATES
 
 
 def feed_start_after_snapshot(conn: Connection, events: Table) -> tuple[ColumnElement[bool], str]:

@@ -58,17 +58,9 @@ def _unavailable_on_disconnect() -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        if exc.connection_invalidated or _is_connect_error(exc):
+        if dialect.is_unavailable(exc):
             raise Unavailable("the database is unavailable; try again shortly") from exc
         raise
-
-
-def _is_connect_error(exc: DBAPIError) -> bool:
-    text = str(exc.orig).lower()
-    return any(
-        s in text
-        for s in ("could not connect", "connection refused", "server closed", "terminating")
-    )
 
 
 def ensure_sqlite_folder(url: str) -> bool:

@@ -17,10 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from app.errors import AppError, LeaseLost
+from app.errors import AppError, LeaseLost, Unavailable
 from app.service import Task
 from app.video_files import VideoFiles
 from app.worker.backend import TaskBackend
@@ -34,6 +35,9 @@ from app.worker.generators import (
 
 log = logging.getLogger("app.worker")
 T = TypeVar("T")
+
+#: Wait between tries to record a result while the database is unreachable.
+RECORD_RETRY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -162,9 +166,12 @@ class Worker:
         cancel = threading.Event()
         lost = threading.Event()
         done = threading.Event()
+        lease_ends = [task.lease_expires_at.timestamp()]  # heartbeats move it on
         deadline = started + self.config.task_timeout_seconds
         beat = threading.Thread(
-            target=self._heartbeat, args=(task, progress, cancel, lost, done), daemon=True
+            target=self._heartbeat,
+            args=(task, progress, cancel, lost, done, lease_ends),
+            daemon=True,
         )
         beat.start()
         filename = VideoFiles.name_for(task.img_name, task.generation, task.attempt)
@@ -199,7 +206,13 @@ class Worker:
                     "generator": self.generator.name,
                     "worker_id": self.config.worker_id,
                 }
-                self.backend.complete(task.img_name, task.lease_token, filename, metadata)
+                self._while_leased(
+                    lease_ends,
+                    abort,
+                    partial(
+                        self.backend.complete, task.img_name, task.lease_token, filename, metadata
+                    ),
+                )
                 outcome = "completed"
         except GenerationCancelled:
             done.set()
@@ -228,6 +241,35 @@ class Worker:
             outcome,
             extra={**extra, "duration_s": round(time.monotonic() - started, 3)},
         )
+
+    def _while_leased(
+        self, lease_ends: list[float], abort: threading.Event, record: Callable[[], None]
+    ) -> None:
+        """Record a finished video. While the database (or server) is unreachable,
+        try again each second until the lease ends, so a short outage does not
+        throw the video away; after that the reaper owns the task.
+
+        A `LeaseLost` after a failed try is ambiguous (the first try may have
+        committed without its answer arriving), so it is reported as
+        `Unavailable`: the caller then keeps the video file.
+        """
+        tried = False
+        while True:
+            try:
+                record()
+                return
+            except LeaseLost as exc:
+                if tried:
+                    raise Unavailable(
+                        "the result may have been recorded; its answer was lost"
+                    ) from exc
+                raise
+            except Unavailable as exc:
+                tried = True
+                if abort.is_set() or time.time() + RECORD_RETRY_SECONDS >= lease_ends[0]:
+                    raise
+                log.warning("recording the result failed, trying again: %s", exc.detail)
+                abort.wait(RECORD_RETRY_SECONDS)
 
     def _stopped(
         self,
@@ -272,6 +314,7 @@ class Worker:
         cancel: threading.Event,
         lost: threading.Event,
         done: threading.Event,
+        lease_ends: list[float],
     ) -> None:
         lease = (task.lease_expires_at.timestamp() - time.time()) or 30.0
         # Often enough that progress is visible, and well inside the lease.
@@ -285,6 +328,7 @@ class Worker:
             except AppError as exc:
                 log.warning("heartbeat failed: %s", exc.detail, extra={"img_name": task.img_name})
                 continue
+            lease_ends[0] = beat.lease_expires_at.timestamp()
             if beat.cancel_requested:
                 cancel.set()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,19 +21,12 @@ from app.service import Actor, VideoService, utcnow
 from app.worker.backend import RemoteBackend
 from app.worker.generators import KenBurnsGenerator
 from app.worker.loop import Worker, WorkerConfig
-from tests.integration.test_worker import make_png, wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.integration.processes import free_port, make_png, wait_for
 
 
 @pytest.fixture
 def server(settings: Settings, database: Database) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     app = create_app(settings, db=database)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=srv.run, daemon=True)

@@ -3,20 +3,17 @@ retries, shutdown and hostile names. Runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import av
 import pytest
-from PIL import Image
 
 from app.config import Settings
 from app.db.engine import Database
@@ -34,24 +31,9 @@ from app.worker.generators import (
     VideoGenerator,
 )
 from app.worker.loop import Worker, WorkerConfig
+from tests.integration.processes import TINY, assert_processed_once, cli_env, make_png, wait_for
 
 ME = Actor("tester")
-TINY = {"duration_seconds": 0.5, "fps": 4}  # 2 frames: fast
-
-
-def make_png(folder: Path, name: str, size: tuple[int, int] = (64, 48)) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    Image.new("RGB", size, (200, 80, 40)).save(path, format="PNG")
-    return path
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -147,19 +129,7 @@ def test_4_workers_40_tasks_each_completes_exactly_once(
     q = VideoQueries(database)
     wait_for(lambda: q.stats(q_now())["by_status"]["completed"] == 40, timeout=120)
     for name in names:
-        events = history(database, name)
-        kinds = Counter(e.event_type for e in events)
-        assert kinds[EventType.COMPLETED] == 1, name
-        # No task was held by two workers at once: every start is followed by
-        # its own outcome before the next start.
-        holder = None
-        for e in events:
-            if e.event_type is EventType.PROCESSING_STARTED:
-                assert holder is None, f"{name} claimed twice at once"
-                holder = e.actor
-            elif e.event_type in (EventType.COMPLETED, EventType.RETRY_SCHEDULED, EventType.FAILED):
-                assert e.actor in (holder, "system:reaper")
-                holder = None
+        assert_processed_once(name, history(database, name))
 
 
 def q_now() -> Any:
@@ -285,13 +255,7 @@ def test_hostile_names_never_read_outside_the_images_folder(
 
 
 def _worker_process(settings: Settings, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "VIDLEDGER_DATABASE_URL": settings.database_url,
-        "VIDLEDGER_IMAGES_DIR": str(settings.images_dir),
-        "VIDLEDGER_VIDEOS_DIR": str(settings.videos_dir),
-        **env_extra,
-    }
+    env = cli_env(settings.database_url, settings.images_dir, settings.videos_dir, **env_extra)
     return subprocess.Popen(
         [sys.executable, "-m", "app.cli", "worker", "--worker-id", "doomed"],
         env=env,
@@ -311,7 +275,7 @@ def test_a_worker_killed_mid_generation_is_recovered_by_the_reaper(
     svc = VideoService(database, policy, files=VideoFiles(settings.videos_dir))
     # A long video keeps the doomed worker busy for a while.
     svc.request_video("big.png", "scene", ME, params={"duration_seconds": 10, "fps": 24})
-    proc = _worker_process(settings, {"VIDLEDGER_LEASE_SECONDS": "2"})
+    proc = _worker_process(settings, {"lease_seconds": "2"})
     q = VideoQueries(database)
     try:
         wait_for(lambda: q.status("big.png")["video_status"] == "processing", timeout=60)
@@ -340,7 +304,7 @@ def test_sigterm_during_a_task_releases_it_and_exits_0(
     make_png(settings.images_dir, "big.png", (1280, 720))
     svc = VideoService(database, Policy(), files=VideoFiles(settings.videos_dir))
     svc.request_video("big.png", "scene", ME, params={"duration_seconds": 30, "fps": 24})
-    proc = _worker_process(settings, {"VIDLEDGER_SHUTDOWN_GRACE_SECONDS": "0.5"})
+    proc = _worker_process(settings, {"shutdown_grace_seconds": "0.5"})
     q = VideoQueries(database)
     try:
         wait_for(lambda: q.status("big.png")["video_status"] == "processing", timeout=60)

@@ -10,6 +10,7 @@ the database at most once per `IDLE_POLL_SECONDS`.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -21,13 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import Queries, Reader
 from app.api.errors import responses
 from app.api.schemas import SourceType
-from app.errors import ValidationFailed
+from app.errors import Unavailable, ValidationFailed
 from app.events.store import FeedFilter
 from app.events.types import Json
 from app.feed import IDLE_POLL_SECONDS, FeedSignal
 from app.lifecycle import EventType
 from app.queries import Page, VideoQueries
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["events"])
 
 #: Events read per query. A full page means more is waiting: read on at once.
@@ -85,9 +87,18 @@ async def _follow(
                 await wake.wait(IDLE_POLL_SECONDS)
                 if stopping():
                     return
-            page = await run_in_threadpool(
-                q.events, after=page.next_cursor, limit=PAGE_SIZE, filters=filters
-            )
+            try:
+                page = await run_in_threadpool(
+                    q.events, after=page.next_cursor, limit=PAGE_SIZE, filters=filters
+                )
+            except Unavailable as exc:
+                # The 200 has gone out, so this cannot become a 503. Keep the
+                # stream open (pings go on) and read from the same cursor after
+                # an idle wait: nothing is skipped, and no reconnect is needed.
+                log.warning("event stream: %s", exc.detail)
+                page = Page(items=[], next_cursor=page.next_cursor)
+                sleep = True
+                continue
             sleep = len(page.items) < PAGE_SIZE
 
 
