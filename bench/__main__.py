@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from bench import generation, rebuild, writes
+from bench import generation, http_api, rebuild, writes
 from bench.report import Report
 
 SUITES = {
     "writes": writes.run,
     "rebuild": rebuild.run,
     "generation": generation.run,
+    "http": http_api.run,
 }
 
 
