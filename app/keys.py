@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db.engine import Database
 from app.db.tables import api_keys
-from app.errors import NotFound, ValidationFailed
+from app.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
 
@@ -48,6 +48,13 @@ class Principal:
 
     def may(self, permission: str) -> bool:
         return permission in GRANTS[self.role]
+
+    def require(self, permission: str) -> None:
+        """Raises `Forbidden` unless this principal's role grants `permission`."""
+        if not self.may(permission):
+            raise Forbidden(
+                f"key {self.name!r} has role {self.role.value!r}, which may not {permission}"
+            )
 
 
 @dataclass(frozen=True)
@@ -111,21 +118,22 @@ def revoke_key(db: Database, name: str, now: datetime) -> None:
             raise NotFound(f"no active key named {name!r}")
 
 
+_ANY_KEY = select(select(api_keys.c.id).exists())
+_BY_PREFIX = select(
+    api_keys.c.name, api_keys.c.role, api_keys.c.key_hash, api_keys.c.revoked_at
+).where(api_keys.c.prefix == bindparam("prefix"))
+
+
 def any_keys(conn: Connection) -> bool:
-    return bool(conn.execute(select(func.count()).select_from(api_keys)).scalar())
+    return bool(conn.execute(_ANY_KEY).scalar())
 
 
-def verify(db: Database, secret: str) -> Principal | None:
+def verify_on(conn: Connection, secret: str) -> Principal | None:
     """The principal a secret belongs to, or None for an unknown or revoked key."""
     parts = secret.split("_", 2)
     if len(parts) != 3 or parts[0] != "vl":
         return None
-    with db.read() as conn:
-        row = conn.execute(
-            select(
-                api_keys.c.name, api_keys.c.role, api_keys.c.key_hash, api_keys.c.revoked_at
-            ).where(api_keys.c.prefix == parts[1])
-        ).first()
+    row = conn.execute(_BY_PREFIX, {"prefix": parts[1]}).first()
     if row is None or row.revoked_at is not None:
         return None
     if not secrets.compare_digest(row.key_hash, _hash(secret)):
@@ -133,6 +141,72 @@ def verify(db: Database, secret: str) -> Principal | None:
     return Principal(name=row.name, role=Role(row.role))
 
 
+def verify(db: Database, secret: str) -> Principal | None:
+    with db.read() as conn:
+        return verify_on(conn, secret)
+
+
 def has_any_key(db: Database) -> bool:
     with db.read() as conn:
         return any_keys(conn)
+
+
+ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
+
+
+@dataclass
+class Gate:
+    """Decides who a caller is. Open mode only on loopback with no key at all.
+
+    Each check reads the database (a revoked key is refused on the next
+    request), on a connection the caller's own read can then go on using.
+    """
+
+    db: Database
+    loopback: bool
+    _keys_exist: bool = False
+
+    def keys_exist(self, conn: Connection | None = None) -> bool:
+        # Keys are never deleted (revoked ones stay), so once true it stays
+        # true. While false, ask every time: the first key closes open mode at
+        # once, even in a server that is already running, whichever process
+        # created it.
+        if not self._keys_exist:
+            if conn is None:
+                self._keys_exist = has_any_key(self.db)
+            else:
+                self._keys_exist = any_keys(conn)
+        return self._keys_exist
+
+    def identify(self, secret: str | None) -> Principal:
+        """Raises `Unauthorized` for a missing, unknown or revoked key."""
+        with self.db.read() as conn:
+            return self.identify_on(conn, secret)
+
+    def identify_on(self, conn: Connection, secret: str | None) -> Principal:
+        """`identify`, on a connection the caller holds (autocommit reads)."""
+        if secret is None:
+            if self.loopback and not self.keys_exist(conn):
+                return ANONYMOUS
+            raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+        principal = verify_on(conn, secret)
+        if principal is None:
+            raise Unauthorized("unknown or revoked API key")
+        return principal
+
+
+@dataclass(frozen=True)
+class Access:
+    """A caller's credentials and the permission a route asks of them, not yet
+    checked: a read checks them on its own connection, in its own thread, so
+    an authorized read costs one connection and one trip to the threadpool."""
+
+    gate: Gate
+    secret: str | None
+    permission: str
+
+    def check(self, conn: Connection) -> Principal:
+        """The caller; raises `Unauthorized` or `Forbidden`."""
+        principal = self.gate.identify_on(conn, self.secret)
+        principal.require(self.permission)
+        return principal

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
 from app.db import dialect
 from app.db.engine import Database
@@ -22,6 +22,7 @@ from app.errors import ValidationFailed
 from app.events import store
 from app.events.store import FeedFilter
 from app.events.types import Json
+from app.keys import Access
 from app.lifecycle import Status
 from app.projections import status as status_projection
 from app.projections.state import ProjectionInfo, describe
@@ -32,6 +33,8 @@ _STATUS_QUERY = select(
     *[image_status.c[name] for name in status_projection.COLUMNS],
     leases.c.progress,
 ).select_from(image_status.outerjoin(leases, leases.c.img_name == image_status.c.img_name))
+#: Built once: building the statement per read cost more than executing it.
+_ONE_STATUS = _STATUS_QUERY.where(image_status.c.img_name == bindparam("img_name"))
 
 
 @dataclass(frozen=True)
@@ -71,32 +74,45 @@ def _decode(cursor: str) -> list[Any]:
     return value
 
 
+def _check(conn: Connection, access: Access | None) -> None:
+    if access is not None:
+        access.check(conn)
+
+
 class VideoQueries:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def status(self, img_name: str) -> Json:
-        """The current VideoStatus; an image never seen answers `none`, version 0."""
+    def status(self, img_name: str, access: Access | None = None) -> Json:
+        """The current VideoStatus; an image never seen answers `none`, version 0.
+
+        With `access`, the caller is checked first, on the same connection
+        (raises `Unauthorized` or `Forbidden`).
+        """
         with self.db.read() as conn:
-            found = (
-                conn.execute(_STATUS_QUERY.where(image_status.c.img_name == img_name))
-                .mappings()
-                .first()
-            )
+            _check(conn, access)
+            found = conn.execute(_ONE_STATUS, {"img_name": img_name}).mappings().first()
         return status_body(_state(found)) if found is not None else _never_seen(img_name)
 
     def status_as_of(
-        self, img_name: str, *, version: int | None = None, at: datetime | None = None
+        self,
+        img_name: str,
+        *,
+        version: int | None = None,
+        at: datetime | None = None,
+        access: Access | None = None,
     ) -> Json:
         """The status as it was at stream `version` or at time `at`, folded from the log."""
         with self.db.read() as conn:
+            _check(conn, access)
             stream = store.read_stream(conn, img_name, until_version=version, until_time=at)
         return status_body(VideoState(row=fold(stream, img_name)))
 
-    def batch(self, img_names: list[str]) -> list[Json]:
+    def batch(self, img_names: list[str], access: Access | None = None) -> list[Json]:
         """One VideoStatus per name, in the order asked, in one query."""
         wanted = list(dict.fromkeys(img_names))
         with self.db.read() as conn:
+            _check(conn, access)
             rows = conn.execute(
                 _STATUS_QUERY.where(dialect.in_list(conn, image_status.c.img_name, wanted))
             ).mappings()
