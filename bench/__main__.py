@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from bench import generation, http_api, rebuild, scale, writes
+from bench import generation, http_api, peer, rebuild, scale, writes
 from bench.report import Report
 
 SUITES = {
@@ -14,6 +14,7 @@ SUITES = {
     "generation": generation.run,
     "http": http_api.run,
     "scale": scale.run,
+    "peer": peer.run,
 }
 
 
