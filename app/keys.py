@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Select, bindparam, insert, literal, select, true, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db.engine import Database
@@ -119,26 +121,56 @@ def revoke_key(db: Database, name: str, now: datetime) -> None:
 
 
 _ANY_KEY = select(select(api_keys.c.id).exists())
-_BY_PREFIX = select(
-    api_keys.c.name, api_keys.c.role, api_keys.c.key_hash, api_keys.c.revoked_at
-).where(api_keys.c.prefix == bindparam("prefix"))
+_KEY_COLUMNS = ("name", "role", "key_hash", "revoked_at")
+_BY_PREFIX = select(*[api_keys.c[c] for c in _KEY_COLUMNS]).where(
+    api_keys.c.prefix == bindparam("prefix")
+)
 
 
 def any_keys(conn: Connection) -> bool:
     return bool(conn.execute(_ANY_KEY).scalar())
 
 
+def _prefix(secret: str) -> str | None:
+    parts = secret.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "vl" else None
+
+
+def _principal(secret: str, key: Sequence[Any] | None) -> Principal | None:
+    """The principal of `secret`, given the row of its prefix (`_KEY_COLUMNS`)."""
+    if key is None:
+        return None
+    name, role, key_hash, revoked_at = key
+    if revoked_at is not None or not secrets.compare_digest(key_hash, _hash(secret)):
+        return None
+    return Principal(name=name, role=Role(role))
+
+
 def verify_on(conn: Connection, secret: str) -> Principal | None:
     """The principal a secret belongs to, or None for an unknown or revoked key."""
-    parts = secret.split("_", 2)
-    if len(parts) != 3 or parts[0] != "vl":
+    prefix = _prefix(secret)
+    if prefix is None:
         return None
-    row = conn.execute(_BY_PREFIX, {"prefix": parts[1]}).first()
-    if row is None or row.revoked_at is not None:
-        return None
-    if not secrets.compare_digest(row.key_hash, _hash(secret)):
-        return None
-    return Principal(name=row.name, role=Role(row.role))
+    return _principal(secret, conn.execute(_BY_PREFIX, {"prefix": prefix}).first())
+
+
+def with_caller(query: Select[Any]) -> Select[Any]:
+    """`query` (at most one row, whose first column is never NULL) extended to
+    look up the caller in the same round trip: one row, always, holding the
+    key of the bound `caller_prefix` (NULLs if none), whether any key
+    exists, then the query's own columns (NULLs if it found nothing).
+
+    For `Access.read`; build it once per query, like any hot statement.
+    """
+    found = query.subquery()
+    key = api_keys.alias("caller_key")
+    one = select(literal(1).label("one")).subquery()
+    any_key = select(api_keys.c.id).exists().correlate(None)
+    return select(
+        *[key.c[c] for c in _KEY_COLUMNS], any_key.label("any_key"), *found.c
+    ).select_from(
+        one.outerjoin(key, key.c.prefix == bindparam("caller_prefix")).outerjoin(found, true())
+    )
 
 
 def verify(db: Database, secret: str) -> Principal | None:
@@ -166,16 +198,9 @@ class Gate:
     loopback: bool
     _keys_exist: bool = False
 
-    def keys_exist(self, conn: Connection | None = None) -> bool:
-        # Keys are never deleted (revoked ones stay), so once true it stays
-        # true. While false, ask every time: the first key closes open mode at
-        # once, even in a server that is already running, whichever process
-        # created it.
+    def keys_exist(self) -> bool:
         if not self._keys_exist:
-            if conn is None:
-                self._keys_exist = has_any_key(self.db)
-            else:
-                self._keys_exist = any_keys(conn)
+            self._keys_exist = has_any_key(self.db)
         return self._keys_exist
 
     def identify(self, secret: str | None) -> Principal:
@@ -186,10 +211,23 @@ class Gate:
     def identify_on(self, conn: Connection, secret: str | None) -> Principal:
         """`identify`, on a connection the caller holds (autocommit reads)."""
         if secret is None:
-            if self.loopback and not self.keys_exist(conn):
+            return self.anonymous(lambda: any_keys(conn))
+        return self.known(verify_on(conn, secret))
+
+    def anonymous(self, any_key: Callable[[], bool]) -> Principal:
+        """A caller without a key: let in only in open mode."""
+        # Keys are never deleted (revoked ones stay), so once one exists open
+        # mode is over for good. Until then, ask every time: the first key
+        # closes open mode at once, even in a server that is already running,
+        # whichever process created it.
+        if self.loopback and not self._keys_exist:
+            self._keys_exist = any_key()
+            if not self._keys_exist:
                 return ANONYMOUS
-            raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
-        principal = verify_on(conn, secret)
+        raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+
+    def known(self, principal: Principal | None) -> Principal:
+        """A caller with a key, given what the key turned out to be."""
         if principal is None:
             raise Unauthorized("unknown or revoked API key")
         return principal
@@ -210,3 +248,21 @@ class Access:
         principal = self.gate.identify_on(conn, self.secret)
         principal.require(self.permission)
         return principal
+
+    def read(
+        self, conn: Connection, checked: Select[Any], params: dict[str, Any]
+    ) -> Sequence[Any] | None:
+        """Check the caller and run a query in one round trip; `checked` is
+        `with_caller(query)`. The query's row, or None if it found nothing.
+        Raises `Unauthorized` or `Forbidden` (and then nothing read leaves)."""
+        prefix = _prefix(self.secret) if self.secret is not None else None
+        row = conn.execute(checked, {**params, "caller_prefix": prefix}).one()
+        width = len(_KEY_COLUMNS)
+        key, any_key, found = row[:width], row[width], row[width + 1 :]
+        if self.secret is None:
+            principal = self.gate.anonymous(lambda: bool(any_key))
+        else:
+            has_key = prefix is not None and key[0] is not None
+            principal = self.gate.known(_principal(self.secret, key if has_key else None))
+        principal.require(self.permission)
+        return found if found[0] is not None else None

@@ -9,12 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
+from app import keys
 from app.db import dialect
 from app.db.engine import Database
 from app.db.tables import events, image_status, leases
@@ -26,7 +28,7 @@ from app.keys import Access
 from app.lifecycle import Status
 from app.projections import status as status_projection
 from app.projections.state import ProjectionInfo, describe
-from app.projections.status import StatusRow, fold, row_from_mapping
+from app.projections.status import StatusRow, fold, row_from_values
 from app.views import VideoState, event_body, status_body, transition_body
 
 _STATUS_QUERY = select(
@@ -35,6 +37,8 @@ _STATUS_QUERY = select(
 ).select_from(image_status.outerjoin(leases, leases.c.img_name == image_status.c.img_name))
 #: Built once: building the statement per read cost more than executing it.
 _ONE_STATUS = _STATUS_QUERY.where(image_status.c.img_name == bindparam("img_name"))
+#: The same, with the caller's key looked up in the same round trip.
+_ONE_STATUS_CHECKED = keys.with_caller(_ONE_STATUS)
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,12 @@ class Page:
     next_cursor: str | None
 
 
-def _state(mapping: Any) -> VideoState:
-    return VideoState(row=row_from_mapping(mapping), progress=mapping["progress"])
+_WIDTH = len(status_projection.COLUMNS)
+
+
+def _state(row: Sequence[Any]) -> VideoState:
+    """A row of `_STATUS_QUERY` (the projection's columns, then progress)."""
+    return VideoState(row=row_from_values(row[:_WIDTH]), progress=row[_WIDTH])
 
 
 def _never_seen(img_name: str) -> Json:
@@ -86,12 +94,15 @@ class VideoQueries:
     def status(self, img_name: str, access: Access | None = None) -> Json:
         """The current VideoStatus; an image never seen answers `none`, version 0.
 
-        With `access`, the caller is checked first, on the same connection
-        (raises `Unauthorized` or `Forbidden`).
+        With `access`, the caller is checked in the same round trip (raises
+        `Unauthorized` or `Forbidden`).
         """
+        params = {"img_name": img_name}
         with self.db.read() as conn:
-            _check(conn, access)
-            found = conn.execute(_ONE_STATUS, {"img_name": img_name}).mappings().first()
+            if access is None:
+                found: Sequence[Any] | None = conn.execute(_ONE_STATUS, params).first()
+            else:
+                found = access.read(conn, _ONE_STATUS_CHECKED, params)
         return status_body(_state(found)) if found is not None else _never_seen(img_name)
 
     def status_as_of(
@@ -115,8 +126,8 @@ class VideoQueries:
             _check(conn, access)
             rows = conn.execute(
                 _STATUS_QUERY.where(dialect.in_list(conn, image_status.c.img_name, wanted))
-            ).mappings()
-            found = {r["img_name"]: status_body(_state(r)) for r in rows}
+            ).all()  # one fetchall, not a fetchone per row
+        found = {r.img_name: status_body(_state(r)) for r in rows}
         return [found.get(name) or _never_seen(name) for name in img_names]
 
     def list_videos(
@@ -149,16 +160,14 @@ class VideoQueries:
             )
         query = query.order_by(image_status.c.updated_at.desc(), image_status.c.id.desc())
         with self.db.read() as conn:
-            rows = list(
-                conn.execute(
-                    query.add_columns(image_status.c.id.label("_id")).limit(limit + 1)
-                ).mappings()
-            )
+            rows = conn.execute(
+                query.add_columns(image_status.c.id.label("_id")).limit(limit + 1)
+            ).all()
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
         if more:
-            last = rows[-1]
+            last = rows[-1]._mapping
             next_cursor = _encode([last["updated_at"].isoformat(), last["_id"]])
         return Page(items=[status_body(_state(r)) for r in rows], next_cursor=next_cursor)
 
