@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError as PydanticValidationError
 
 from app.api.deps import Queries, ReadAccess, Reader, Service, Writer, actor
 from app.api.deps import checked_name as _name
@@ -20,10 +21,12 @@ from app.api.schemas import (
     HistoryPage,
     ReasonIn,
     SourceType,
+    StatusAsOf,
     VideoPage,
     VideoRequestIn,
     VideoStatus,
     VideoStatusName,
+    as_of_parameters,
 )
 from app.errors import NotFound, RangeNotSatisfiable, ValidationFailed
 from app.lifecycle import Status
@@ -257,15 +260,14 @@ def _idem(key: str | None, operation: str, body: Any, status: int) -> Idempotenc
     response_model=VideoStatus,
     responses=READ_ERRORS,
     summary="The status of one image (or as of a version or time)",
+    openapi_extra={"parameters": as_of_parameters()},
 )
-def get_status(
-    img_name: str,
-    access: ReadAccess,
-    q: Queries,
-    at: Annotated[datetime | None, Query(description="RFC 3339 time")] = None,
-    version: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-) -> Response:
+def get_status(img_name: str, request: Request, access: ReadAccess, q: Queries) -> Response:
     name = _name(img_name)
+    if not request.scope["query_string"]:  # the hot path: the status now
+        return _json(q.status(name, access))
+    as_of = _as_of(request)
+    at, version = as_of.at, as_of.version
     if at is not None and version is not None:
         raise ValidationFailed(
             "give either 'at' or 'version', not both",
@@ -279,6 +281,16 @@ def get_status(
     if at is not None or version is not None:
         return _json(q.status_as_of(name, version=version, at=at, access=access))
     return _json(q.status(name, access))
+
+
+def _as_of(request: Request) -> StatusAsOf:
+    """`?at=` and `?version=`, validated as FastAPI validates query parameters
+    (the same 422 problem on a bad value); other parameters are ignored."""
+    try:
+        return StatusAsOf.model_validate(dict(request.query_params))
+    except PydanticValidationError as exc:
+        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 @router.delete(
