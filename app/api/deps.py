@@ -48,24 +48,20 @@ def require(permission: str) -> Callable[[Request], object]:
     return dependency
 
 
-def access(permission: str) -> Callable[[Request], object]:
-    """A dependency for hot reads: the caller's credentials, which the read
-    checks itself (`keys.Access`) on its own connection, in its own thread.
-    A malformed Authorization header is refused here already."""
+def access(request: Request, permission: str) -> Access:
+    """For hot reads: the caller's credentials, which the read checks itself
+    (`keys.Access`) on its own connection, in its own thread. A malformed
+    Authorization header is refused here already.
 
-    async def dependency(request: Request) -> Access:
-        return Access(request.app.state.auth, _secret(request), permission)
-
-    dependency.__name__ = f"access_{permission}"
-    return dependency
+    A plain call, not a dependency: FastAPI's dependency machinery cost a
+    status read more than the lookup of the caller's key."""
+    return Access(request.app.state.auth, _secret(request), permission)
 
 
 Reader = Annotated[Principal, Depends(require("read"))]
 Writer = Annotated[Principal, Depends(require("write"))]
 Worker = Annotated[Principal, Depends(require("worker"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
-#: For reads that check the caller themselves: pass it to the `VideoQueries` call.
-ReadAccess = Annotated[Access, Depends(access("read"))]
 
 
 # These two are `async` only so that FastAPI calls them in place: it runs a
@@ -77,6 +73,10 @@ async def service(request: Request) -> VideoService:
 
 
 async def queries(request: Request) -> VideoQueries:
+    return queries_of(request)
+
+
+def queries_of(request: Request) -> VideoQueries:
     q: VideoQueries = request.app.state.queries
     return q
 

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError as PydanticValidationError
 
-from app.api.deps import Queries, ReadAccess, Reader, Service, Writer, actor
+from app.api.deps import Queries, Reader, Service, Writer, access, actor, queries_of
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
 from app.api.schemas import (
@@ -135,8 +135,9 @@ def list_videos(
     responses=READ_ERRORS,
     summary="Does this image have a video?",
 )
-def has_video(img_name: str, access: ReadAccess, q: Queries) -> Response:
-    body = q.status(_name(img_name), access)
+def has_video(img_name: str, request: Request) -> Response:
+    # Hot: the caller is checked by the read itself (see `deps.access`).
+    body = queries_of(request).status(_name(img_name), access(request, "read"))
     return _json({"img_name": img_name, "has_video": body["has_video"]})
 
 
@@ -262,10 +263,14 @@ def _idem(key: str | None, operation: str, body: Any, status: int) -> Idempotenc
     summary="The status of one image (or as of a version or time)",
     openapi_extra={"parameters": as_of_parameters()},
 )
-def get_status(img_name: str, request: Request, access: ReadAccess, q: Queries) -> Response:
+def get_status(img_name: str, request: Request) -> Response:
+    # The hottest route: the caller is checked by the read itself (see
+    # `deps.access`), and ?at= / ?version= are parsed only when sent.
+    caller = access(request, "read")
+    q = queries_of(request)
     name = _name(img_name)
-    if not request.scope["query_string"]:  # the hot path: the status now
-        return _json(q.status(name, access))
+    if not request.scope["query_string"]:
+        return _json(q.status(name, caller))
     as_of = _as_of(request)
     at, version = as_of.at, as_of.version
     if at is not None and version is not None:
@@ -279,8 +284,8 @@ def get_status(img_name: str, request: Request, access: ReadAccess, q: Queries) 
             errors=[{"loc": ["query", "at"], "msg": "needs a time zone"}],
         )
     if at is not None or version is not None:
-        return _json(q.status_as_of(name, version=version, at=at, access=access))
-    return _json(q.status(name, access))
+        return _json(q.status_as_of(name, version=version, at=at, access=caller))
+    return _json(q.status(name, caller))
 
 
 def _as_of(request: Request) -> StatusAsOf:
