@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, insert, literal, select, true, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db.engine import Database
@@ -154,25 +154,6 @@ def verify_on(conn: Connection, secret: str) -> Principal | None:
     return _principal(secret, conn.execute(_BY_PREFIX, {"prefix": prefix}).first())
 
 
-def with_caller(query: Select[Any]) -> Select[Any]:
-    """`query` (at most one row, whose first column is never NULL) extended to
-    look up the caller in the same round trip: one row, always, holding the
-    key of the bound `caller_prefix` (NULLs if none), whether any key
-    exists, then the query's own columns (NULLs if it found nothing).
-
-    For `Access.read`; build it once per query, like any hot statement.
-    """
-    found = query.subquery()
-    key = api_keys.alias("caller_key")
-    one = select(literal(1).label("one")).subquery()
-    any_key = select(api_keys.c.id).exists().correlate(None)
-    return select(
-        *[key.c[c] for c in _KEY_COLUMNS], any_key.label("any_key"), *found.c
-    ).select_from(
-        one.outerjoin(key, key.c.prefix == bindparam("caller_prefix")).outerjoin(found, true())
-    )
-
-
 def verify(db: Database, secret: str) -> Principal | None:
     with db.read() as conn:
         return verify_on(conn, secret)
@@ -248,21 +229,3 @@ class Access:
         principal = self.gate.identify_on(conn, self.secret)
         principal.require(self.permission)
         return principal
-
-    def read(
-        self, conn: Connection, checked: Select[Any], params: dict[str, Any]
-    ) -> Sequence[Any] | None:
-        """Check the caller and run a query in one round trip; `checked` is
-        `with_caller(query)`. The query's row, or None if it found nothing.
-        Raises `Unauthorized` or `Forbidden` (and then nothing read leaves)."""
-        prefix = _prefix(self.secret) if self.secret is not None else None
-        row = conn.execute(checked, {**params, "caller_prefix": prefix}).one()
-        width = len(_KEY_COLUMNS)
-        key, any_key, found = row[:width], row[width], row[width + 1 :]
-        if self.secret is None:
-            principal = self.gate.anonymous(lambda: bool(any_key))
-        else:
-            has_key = prefix is not None and key[0] is not None
-            principal = self.gate.known(_principal(self.secret, key if has_key else None))
-        principal.require(self.permission)
-        return found if found[0] is not None else None

@@ -229,10 +229,10 @@ def test_the_secret_is_never_stored(database: Database, secrets: dict[Role, str]
                 assert tail not in text, column
 
 
-def test_a_status_read_checks_its_caller_in_the_same_query(
+def test_a_status_read_checks_its_caller_itself(
     keyed: TestClient, secrets: dict[Role, str]
 ) -> None:
-    """The status read looks up the key alongside the row (`keys.with_caller`):
+    """The status read checks its caller on its own connection (`keys.Access`):
     every outcome of the key, for an image that exists and one never seen."""
     created = keyed.post("/v1/videos", json=NEW, headers=bearer(secrets[Role.WRITE]))
     assert created.status_code == 202
