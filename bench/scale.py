@@ -24,6 +24,7 @@ from sqlalchemy import Engine, event, make_url
 
 from app.db import migrate
 from app.db.engine import Database, open_database
+from app.keys import Access, Gate
 from app.lifecycle import Status
 from app.projections import rebuild
 from app.queries import VideoQueries
@@ -86,8 +87,9 @@ def _app_statements(db: Database) -> dict[str, tuple[str, Any]]:
     """The SQL the app runs for each query worth a plan, as it runs it."""
     q = VideoQueries(db)
     svc = VideoService(db)
+    caller = Access(Gate(db, loopback=True), None, "read")  # as GET /v1/videos/{img} reads
     wanted: dict[str, Callable[[], object]] = {
-        "status read": lambda: q.status("img123457.png"),
+        "status read": lambda: q.status("img123457.png", caller),
         "queue claim": lambda: svc.claim_task("bench-explain"),
         "listing, newest first": lambda: q.list_videos(
             status=None, source_type=None, limit=50, cursor=None
