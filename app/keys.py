@@ -11,16 +11,18 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.db.engine import Database
 from app.db.tables import api_keys
-from app.errors import NotFound, ValidationFailed
+from app.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,99}$")
 
@@ -48,6 +50,13 @@ class Principal:
 
     def may(self, permission: str) -> bool:
         return permission in GRANTS[self.role]
+
+    def require(self, permission: str) -> None:
+        """Raises `Forbidden` unless this principal's role grants `permission`."""
+        if not self.may(permission):
+            raise Forbidden(
+                f"key {self.name!r} has role {self.role.value!r}, which may not {permission}"
+            )
 
 
 @dataclass(frozen=True)
@@ -111,28 +120,112 @@ def revoke_key(db: Database, name: str, now: datetime) -> None:
             raise NotFound(f"no active key named {name!r}")
 
 
+_ANY_KEY = select(select(api_keys.c.id).exists())
+_KEY_COLUMNS = ("name", "role", "key_hash", "revoked_at")
+_BY_PREFIX = select(*[api_keys.c[c] for c in _KEY_COLUMNS]).where(
+    api_keys.c.prefix == bindparam("prefix")
+)
+
+
 def any_keys(conn: Connection) -> bool:
-    return bool(conn.execute(select(func.count()).select_from(api_keys)).scalar())
+    return bool(conn.execute(_ANY_KEY).scalar())
+
+
+def _prefix(secret: str) -> str | None:
+    parts = secret.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "vl" else None
+
+
+def _principal(secret: str, key: Sequence[Any] | None) -> Principal | None:
+    """The principal of `secret`, given the row of its prefix (`_KEY_COLUMNS`)."""
+    if key is None:
+        return None
+    name, role, key_hash, revoked_at = key
+    if revoked_at is not None or not secrets.compare_digest(key_hash, _hash(secret)):
+        return None
+    return Principal(name=name, role=Role(role))
+
+
+def verify_on(conn: Connection, secret: str) -> Principal | None:
+    """The principal a secret belongs to, or None for an unknown or revoked key."""
+    prefix = _prefix(secret)
+    if prefix is None:
+        return None
+    return _principal(secret, conn.execute(_BY_PREFIX, {"prefix": prefix}).first())
 
 
 def verify(db: Database, secret: str) -> Principal | None:
-    """The principal a secret belongs to, or None for an unknown or revoked key."""
-    parts = secret.split("_", 2)
-    if len(parts) != 3 or parts[0] != "vl":
-        return None
     with db.read() as conn:
-        row = conn.execute(
-            select(
-                api_keys.c.name, api_keys.c.role, api_keys.c.key_hash, api_keys.c.revoked_at
-            ).where(api_keys.c.prefix == parts[1])
-        ).first()
-    if row is None or row.revoked_at is not None:
-        return None
-    if not secrets.compare_digest(row.key_hash, _hash(secret)):
-        return None
-    return Principal(name=row.name, role=Role(row.role))
+        return verify_on(conn, secret)
 
 
 def has_any_key(db: Database) -> bool:
     with db.read() as conn:
         return any_keys(conn)
+
+
+ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
+
+
+@dataclass
+class Gate:
+    """Decides who a caller is. Open mode only on loopback with no key at all.
+
+    Each check reads the database (a revoked key is refused on the next
+    request), on a connection the caller's own read can then go on using.
+    """
+
+    db: Database
+    loopback: bool
+    _keys_exist: bool = False
+
+    def keys_exist(self) -> bool:
+        if not self._keys_exist:
+            self._keys_exist = has_any_key(self.db)
+        return self._keys_exist
+
+    def identify(self, secret: str | None) -> Principal:
+        """Raises `Unauthorized` for a missing, unknown or revoked key."""
+        with self.db.read() as conn:
+            return self.identify_on(conn, secret)
+
+    def identify_on(self, conn: Connection, secret: str | None) -> Principal:
+        """`identify`, on a connection the caller holds (autocommit reads)."""
+        if secret is None:
+            return self.anonymous(lambda: any_keys(conn))
+        return self.known(verify_on(conn, secret))
+
+    def anonymous(self, any_key: Callable[[], bool]) -> Principal:
+        """A caller without a key: let in only in open mode."""
+        # Keys are never deleted (revoked ones stay), so once one exists open
+        # mode is over for good. Until then, ask every time: the first key
+        # closes open mode at once, even in a server that is already running,
+        # whichever process created it.
+        if self.loopback and not self._keys_exist:
+            self._keys_exist = any_key()
+            if not self._keys_exist:
+                return ANONYMOUS
+        raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+
+    def known(self, principal: Principal | None) -> Principal:
+        """A caller with a key, given what the key turned out to be."""
+        if principal is None:
+            raise Unauthorized("unknown or revoked API key")
+        return principal
+
+
+@dataclass(frozen=True)
+class Access:
+    """A caller's credentials and the permission a route asks of them, not yet
+    checked: a read checks them on its own connection, in its own thread, so
+    an authorized read costs one connection and one trip to the threadpool."""
+
+    gate: Gate
+    secret: str | None
+    permission: str
+
+    def check(self, conn: Connection) -> Principal:
+        """The caller; raises `Unauthorized` or `Forbidden`."""
+        principal = self.gate.identify_on(conn, self.secret)
+        principal.require(self.permission)
+        return principal

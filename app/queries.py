@@ -9,11 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
 from app.db import dialect
 from app.db.engine import Database
@@ -22,16 +23,19 @@ from app.errors import ValidationFailed
 from app.events import store
 from app.events.store import FeedFilter
 from app.events.types import Json
+from app.keys import Access
 from app.lifecycle import Status
 from app.projections import status as status_projection
 from app.projections.state import ProjectionInfo, describe
-from app.projections.status import StatusRow, fold, row_from_mapping
+from app.projections.status import StatusRow, fold, row_from_values
 from app.views import VideoState, event_body, status_body, transition_body
 
 _STATUS_QUERY = select(
     *[image_status.c[name] for name in status_projection.COLUMNS],
     leases.c.progress,
 ).select_from(image_status.outerjoin(leases, leases.c.img_name == image_status.c.img_name))
+#: Built once: building the statement per read cost more than executing it.
+_ONE_STATUS = _STATUS_QUERY.where(image_status.c.img_name == bindparam("img_name"))
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,12 @@ class Page:
     next_cursor: str | None
 
 
-def _state(mapping: Any) -> VideoState:
-    return VideoState(row=row_from_mapping(mapping), progress=mapping["progress"])
+_WIDTH = len(status_projection.COLUMNS)
+
+
+def _state(row: Sequence[Any]) -> VideoState:
+    """A row of `_STATUS_QUERY` (the projection's columns, then progress)."""
+    return VideoState(row=row_from_values(row[:_WIDTH]), progress=row[_WIDTH])
 
 
 def _never_seen(img_name: str) -> Json:
@@ -71,36 +79,51 @@ def _decode(cursor: str) -> list[Any]:
     return value
 
 
+def _check(conn: Connection, access: Access | None) -> None:
+    if access is not None:
+        access.check(conn)
+
+
 class VideoQueries:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def status(self, img_name: str) -> Json:
-        """The current VideoStatus; an image never seen answers `none`, version 0."""
+    def status(self, img_name: str, access: Access | None = None) -> Json:
+        """The current VideoStatus; an image never seen answers `none`, version 0.
+
+        With `access`, the caller is checked first, on the same connection
+        (raises `Unauthorized` or `Forbidden`). Not in the same statement: a
+        query joining the key to the row cost PostgreSQL more to plan than
+        a second round trip costs.
+        """
         with self.db.read() as conn:
-            found = (
-                conn.execute(_STATUS_QUERY.where(image_status.c.img_name == img_name))
-                .mappings()
-                .first()
-            )
+            _check(conn, access)
+            found = conn.execute(_ONE_STATUS, {"img_name": img_name}).first()
         return status_body(_state(found)) if found is not None else _never_seen(img_name)
 
     def status_as_of(
-        self, img_name: str, *, version: int | None = None, at: datetime | None = None
+        self,
+        img_name: str,
+        *,
+        version: int | None = None,
+        at: datetime | None = None,
+        access: Access | None = None,
     ) -> Json:
         """The status as it was at stream `version` or at time `at`, folded from the log."""
         with self.db.read() as conn:
+            _check(conn, access)
             stream = store.read_stream(conn, img_name, until_version=version, until_time=at)
         return status_body(VideoState(row=fold(stream, img_name)))
 
-    def batch(self, img_names: list[str]) -> list[Json]:
+    def batch(self, img_names: list[str], access: Access | None = None) -> list[Json]:
         """One VideoStatus per name, in the order asked, in one query."""
         wanted = list(dict.fromkeys(img_names))
         with self.db.read() as conn:
+            _check(conn, access)
             rows = conn.execute(
                 _STATUS_QUERY.where(dialect.in_list(conn, image_status.c.img_name, wanted))
-            ).mappings()
-            found = {r["img_name"]: status_body(_state(r)) for r in rows}
+            ).all()  # one fetchall, not a fetchone per row
+        found = {r.img_name: status_body(_state(r)) for r in rows}
         return [found.get(name) or _never_seen(name) for name in img_names]
 
     def list_videos(
@@ -140,16 +163,14 @@ class VideoQueries:
             )
         query = query.order_by(image_status.c.updated_at.desc(), image_status.c.id.desc())
         with self.db.read() as conn:
-            rows = list(
-                conn.execute(
-                    query.add_columns(image_status.c.id.label("_id")).limit(limit + 1)
-                ).mappings()
-            )
+            rows = conn.execute(
+                query.add_columns(image_status.c.id.label("_id")).limit(limit + 1)
+            ).all()
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
         if more:
-            last = rows[-1]
+            last = rows[-1]._mapping
             next_cursor = _encode([last["updated_at"].isoformat(), last["_id"]])
         return Page(items=[status_body(_state(r)) for r in rows], next_cursor=next_cursor)
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 
-from bench import generation, rebuild, writes
+from bench import generation, http_api, peer, rebuild, scale, writes
 from bench.report import Report
 
 SUITES = {
     "writes": writes.run,
     "rebuild": rebuild.run,
     "generation": generation.run,
+    "http": http_api.run,
+    "scale": scale.run,
+    "peer": peer.run,
 }
 
 
@@ -30,7 +33,9 @@ def main(argv: list[str]) -> int:
     else:
         print(report.table())
         print("\n(a partial run: bench/RESULTS.md is written only by the full `make bench`)")
-    return 0
+    for failure in report.failures:
+        print(f"FAILED: {failure}")
+    return 1 if report.failures else 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: What must not happen (a sequential scan at scale): `make bench` fails.
+    failures: list[str] = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        self.failures.append(message)
+        print(f"  FAILED: {message}", flush=True)
 
     def add(self, row: Row) -> None:
         self.rows.append(row)
@@ -55,6 +61,7 @@ class Report:
             "",
         ]
         body += [f"- {n}" for n in self.notes]
+        body += [f"- **FAILED**: {f}" for f in self.failures]
         RESULTS.write_text("\n".join(body) + "\n")
         print()
         print(self.table())

@@ -38,7 +38,7 @@ ON CONFLICT (img_name) DO UPDATE SET video_status = excluded.video_status,
 """
 
 
-def _run(threads: int, work: object) -> float:
+def run_threads(threads: int, work: object) -> float:
     """Requests per second over SECONDS with `threads` workers calling work(thread, i)."""
     stop = time.perf_counter() + SECONDS
     counts = [0] * threads
@@ -102,8 +102,8 @@ def run(report: Report) -> None:
         try:
             for threads in (1, 4, 8):
                 phase[0] += 1
-                base = _run(threads, raw_request)
-                ours = _run(threads, service_request)
+                base = run_threads(threads, raw_request)
+                ours = run_threads(threads, service_request)
                 report.add(
                     Row(
                         f"request_video, {threads} connection(s)",

@@ -8,48 +8,20 @@ starvation).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from app import keys
-from app.db.engine import Database
-from app.errors import Forbidden, Unauthorized, ValidationFailed
-from app.keys import Principal, Role
+from app.errors import Unauthorized, ValidationFailed
+from app.keys import Access, Principal
 from app.naming import img_name_problem
 from app.queries import VideoQueries
 from app.service import Actor, VideoService
 
-ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
-
-
-@dataclass
-class AuthGate:
-    """Decides who a request is. Open mode only on loopback with no key at all."""
-
-    db: Database
-    loopback: bool
-    _keys_exist: bool = False
-
-    def keys_exist(self) -> bool:
-        # Keys are never deleted (revoked ones stay), so once true it stays
-        # true. While false, ask every time: the first key closes open mode at
-        # once, even in a server that is already running.
-        if not self._keys_exist:
-            self._keys_exist = keys.has_any_key(self.db)
-        return self._keys_exist
-
-    def identify(self, secret: str | None) -> Principal:
-        if secret is None:
-            if self.loopback and not self.keys_exist():
-                return ANONYMOUS
-            raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
-        principal = keys.verify(self.db, secret)
-        if principal is None:
-            raise Unauthorized("unknown or revoked API key")
-        return principal
+#: Who a request is (see `keys.Gate`); one per app.
+AuthGate = keys.Gate
 
 
 def _secret(request: Request) -> str | None:
@@ -68,16 +40,22 @@ def require(permission: str) -> Callable[[Request], object]:
     async def dependency(request: Request) -> Principal:
         gate: AuthGate = request.app.state.auth
         principal = await run_in_threadpool(gate.identify, _secret(request))
-        if not principal.may(permission):
-            raise Forbidden(
-                f"key {principal.name!r} has role {principal.role.value!r}, "
-                f"which may not {permission}"
-            )
+        principal.require(permission)
         request.state.principal = principal
         return principal
 
     dependency.__name__ = f"require_{permission}"
     return dependency
+
+
+def access(request: Request, permission: str) -> Access:
+    """For hot reads: the caller's credentials, which the read checks itself
+    (`keys.Access`) on its own connection, in its own thread. A malformed
+    Authorization header is refused here already.
+
+    A plain call, not a dependency: FastAPI's dependency machinery cost a
+    status read more than the lookup of the caller's key."""
+    return Access(request.app.state.auth, _secret(request), permission)
 
 
 Reader = Annotated[Principal, Depends(require("read"))]
@@ -86,12 +64,19 @@ Worker = Annotated[Principal, Depends(require("worker"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 
 
-def service(request: Request) -> VideoService:
+# These two are `async` only so that FastAPI calls them in place: it runs a
+# plain `def` dependency in the threadpool, a thread hop per request for a
+# lookup in app.state.
+async def service(request: Request) -> VideoService:
     svc: VideoService = request.app.state.service
     return svc
 
 
-def queries(request: Request) -> VideoQueries:
+async def queries(request: Request) -> VideoQueries:
+    return queries_of(request)
+
+
+def queries_of(request: Request) -> VideoQueries:
     q: VideoQueries = request.app.state.queries
     return q
 

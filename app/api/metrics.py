@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -157,6 +158,10 @@ class HttpMetrics:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The labelled children, by (route, method, status): `labels()` takes
+        # a lock and builds them anew on every call. A dict of a few hundred
+        # entries at most (route templates, not paths).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -175,6 +180,12 @@ class HttpMetrics:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.requests.labels(template, method, str(status[0])).inc()
-            self.metrics.latency.labels(template, method).observe(time.perf_counter() - started)
+            key = (template, scope["method"], status[0])
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    self.metrics.requests.labels(key[0], key[1], str(key[2])),
+                    self.metrics.latency.labels(key[0], key[1]),
+                )
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)

@@ -7,6 +7,7 @@ describe the same shapes for OpenAPI.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
@@ -43,6 +44,30 @@ class VideoRequestIn(_In):
 
 class ReasonIn(_In):
     reason: Reason | None = None
+
+
+class StatusAsOf(BaseModel):
+    """`?at=` / `?version=` of a status read: the status as it was then.
+
+    The route parses these itself, and only when a query string is sent:
+    declared as FastAPI query parameters they were validated on every read,
+    a tenth of its cost. `as_of_parameters()` documents them the same way.
+    """
+
+    at: datetime | None = Field(None, description="RFC 3339 time")
+    version: Annotated[int | None, Field(ge=0, le=2**31 - 1)] = None
+
+
+def as_of_parameters() -> list[dict[str, Any]]:
+    """OpenAPI query parameters for `StatusAsOf`, as FastAPI would declare them."""
+    params = []
+    for name, prop in StatusAsOf.model_json_schema()["properties"].items():
+        schema = {k: v for k, v in prop.items() if k != "default"}
+        param = {"name": name, "in": "query", "required": False, "schema": schema}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        params.append(param)
+    return params
 
 
 class BatchStatusIn(_In):

@@ -227,3 +227,21 @@ def test_the_secret_is_never_stored(database: Database, secrets: dict[Role, str]
                 text = str(value)
                 assert secret not in text, column
                 assert tail not in text, column
+
+
+def test_a_status_read_checks_its_caller_itself(
+    keyed: TestClient, secrets: dict[Role, str]
+) -> None:
+    """The status read checks its caller on its own connection (`keys.Access`):
+    every outcome of the key, for an image that exists and one never seen."""
+    created = keyed.post("/v1/videos", json=NEW, headers=bearer(secrets[Role.WRITE]))
+    assert created.status_code == 202
+    for name, version in ((IMG, 1), ("never-seen.png", 0)):
+        ok = keyed.get(f"/v1/videos/{name}", headers=bearer(secrets[Role.READ]))
+        assert ok.status_code == 200 and ok.json()["version"] == version, ok.text
+        assert ok.json()["img_name"] == name
+        for bad in ("vl_000000000000_nope", "not-a-key", secrets[Role.READ] + "x"):
+            r = keyed.get(f"/v1/videos/{name}", headers=bearer(bad))
+            assert r.status_code == 401 and r.json()["code"] == "unauthorized", (bad, r.text)
+            assert "video_status" not in r.json()
+        assert keyed.get(f"/v1/videos/{name}").status_code == 401

@@ -663,3 +663,24 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
         assert name in schemas, name
     assert "errors" in schemas["ValidationProblem"]["properties"]
     assert "code" in schemas["Problem"]["properties"]
+
+
+@pytest.mark.parametrize(
+    ("query", "where"),
+    [("version=-1", "version"), ("version=abc", "version"), ("at=yesterday", "at")],
+)
+def test_bad_as_of_values_are_validation_problems(
+    client: TestClient, query: str, where: str
+) -> None:
+    """`at` and `version` are parsed by the route, only when a query string is
+    sent, and refused as FastAPI would refuse a declared parameter."""
+    r = client.get(f"/v1/videos/{IMG}?{query}")
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert r.json()["code"] == "validation_error"
+    assert r.json()["errors"][0]["loc"] == ["query", where]
+
+
+def test_unknown_query_parameters_are_ignored_by_a_status_read(client: TestClient) -> None:
+    requested(client)
+    assert client.get(f"/v1/videos/{IMG}?utm=x").json()["video_status"] == "pending"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError as PydanticValidationError
 
-from app.api.deps import Queries, Reader, Service, Writer, actor
+from app.api.deps import Queries, Reader, Service, Writer, access, actor, queries_of
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
 from app.api.schemas import (
@@ -19,10 +21,12 @@ from app.api.schemas import (
     HistoryPage,
     ReasonIn,
     SourceType,
+    StatusAsOf,
     VideoPage,
     VideoRequestIn,
     VideoStatus,
     VideoStatusName,
+    as_of_parameters,
 )
 from app.errors import NotFound, RangeNotSatisfiable, ValidationFailed
 from app.lifecycle import Status
@@ -49,6 +53,12 @@ def _answer(answer: Answer, headers: dict[str, str] | None = None) -> JSONRespon
     if answer.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
+
+
+def _json(body: Any) -> Response:
+    # orjson, and no response model to validate against: the hot reads answer
+    # plain dicts that `app/views.py` built and `app/api/schemas.py` documents.
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _location(img_name: str) -> dict[str, str]:
@@ -91,7 +101,9 @@ def request_video(
     summary="Status of up to 1,000 images, in the order asked",
 )
 def batch_status(body: BatchStatusIn, _: Reader, q: Queries) -> Response:
-    return JSONResponse({"items": q.batch(body.img_names)})
+    # `Reader`, not `ReadAccess`: a caller without a key learns nothing of
+    # what is wrong with the body (the body is validated before the route runs).
+    return _json({"items": q.batch(body.img_names)})
 
 
 @router.get(
@@ -128,9 +140,10 @@ def list_videos(
     responses=READ_ERRORS,
     summary="Does this image have a video?",
 )
-def has_video(img_name: str, _: Reader, q: Queries) -> Response:
-    body = q.status(_name(img_name))
-    return JSONResponse({"img_name": img_name, "has_video": body["has_video"]})
+def has_video(img_name: str, request: Request) -> Response:
+    # Hot: the caller is checked by the read itself (see `deps.access`).
+    body = queries_of(request).status(_name(img_name), access(request, "read"))
+    return _json({"img_name": img_name, "has_video": body["has_video"]})
 
 
 @router.get(
@@ -253,15 +266,18 @@ def _idem(key: str | None, operation: str, body: Any, status: int) -> Idempotenc
     response_model=VideoStatus,
     responses=READ_ERRORS,
     summary="The status of one image (or as of a version or time)",
+    openapi_extra={"parameters": as_of_parameters()},
 )
-def get_status(
-    img_name: str,
-    _: Reader,
-    q: Queries,
-    at: Annotated[datetime | None, Query(description="RFC 3339 time")] = None,
-    version: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-) -> Response:
+def get_status(img_name: str, request: Request) -> Response:
+    # The hottest route: the caller is checked by the read itself (see
+    # `deps.access`), and ?at= / ?version= are parsed only when sent.
+    caller = access(request, "read")
+    q = queries_of(request)
     name = _name(img_name)
+    if not request.scope["query_string"]:
+        return _json(q.status(name, caller))
+    as_of = _as_of(request)
+    at, version = as_of.at, as_of.version
     if at is not None and version is not None:
         raise ValidationFailed(
             "give either 'at' or 'version', not both",
@@ -273,8 +289,18 @@ def get_status(
             errors=[{"loc": ["query", "at"], "msg": "needs a time zone"}],
         )
     if at is not None or version is not None:
-        return JSONResponse(q.status_as_of(name, version=version, at=at))
-    return JSONResponse(q.status(name))
+        return _json(q.status_as_of(name, version=version, at=at, access=caller))
+    return _json(q.status(name, caller))
+
+
+def _as_of(request: Request) -> StatusAsOf:
+    """`?at=` and `?version=`, validated as FastAPI validates query parameters
+    (the same 422 problem on a bad value); other parameters are ignored."""
+    try:
+        return StatusAsOf.model_validate(dict(request.query_params))
+    except PydanticValidationError as exc:
+        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 @router.delete(

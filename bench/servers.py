@@ -1,0 +1,95 @@
+"""uvicorn servers for the HTTP benchmarks, each in a subprocess of its own,
+all with the same settings, started one at a time and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Identical for the project and the baseline: one process, no access log.
+UVICORN_ARGS = [
+    "--workers",
+    "1",
+    "--loop",
+    "auto",
+    "--http",
+    "auto",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
+
+
+def project() -> FastAPI:
+    """uvicorn's factory for the project: `create_app` as `vidledger serve
+    --no-worker` builds it, minus the reaper (nothing here holds a lease)."""
+    from app.api import create_app
+    from app.config import Settings
+
+    settings = Settings(
+        database_url=os.environ["VIDLEDGER_BENCH_URL"],
+        videos_dir=Path(tempfile.gettempdir()) / "vidledger-bench-videos",
+        log_level="warning",
+    )
+    return create_app(settings)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve(factory: str, env: dict[str, str], probe: str) -> Iterator[str]:
+    """Run `factory` (module:function) under uvicorn; yield its base URL once
+    `probe` answers at all, and stop it (by its PID) afterwards."""
+    port = _free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *UVICORN_ARGS,
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{factory} exited with {proc.returncode} before serving")
+            try:
+                httpx.get(base + probe, timeout=1)
+                break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{factory} did not answer {probe} within 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
