@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ANONYMOUS, Reader
+from app.api.deps import Reader
 from app.api.errors import responses
 from app.api.schemas import Me
-from app.keys import GRANTS
+from app.keys import ANONYMOUS, GRANTS
 
 router = APIRouter(prefix="/v1", tags=["auth"])
 
