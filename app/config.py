@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIDLEDGER_", env_file=".env", extra="ignore")
 
     database_url: str = "sqlite:///./var/vidledger.db"
+    #: A read replica of `database_url` for status reads (single, batch, listing).
+    read_replica_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     images_dir: Path = Path("./var/images")
@@ -36,10 +38,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     cors_origins: list[str] = Field(default_factory=list)
 
-    @field_validator("database_url")
+    @field_validator("database_url", "read_replica_url")
     @classmethod
-    def _known_database(cls, value: str) -> str:
-        return normalize_database_url(value)
+    def _known_database(cls, value: str | None) -> str | None:
+        return normalize_database_url(value) if value is not None else None
 
 
 def normalize_database_url(value: str) -> str:

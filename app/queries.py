@@ -96,7 +96,7 @@ class VideoQueries:
         query joining the key to the row cost PostgreSQL more to plan than
         a second round trip costs.
         """
-        with self.db.read() as conn:
+        with self.db.read(replica=True) as conn:
             _check(conn, access)
             found = conn.execute(_ONE_STATUS, {"img_name": img_name}).first()
         return status_body(_state(found)) if found is not None else _never_seen(img_name)
@@ -118,7 +118,7 @@ class VideoQueries:
     def batch(self, img_names: list[str], access: Access | None = None) -> list[Json]:
         """One VideoStatus per name, in the order asked, in one query."""
         wanted = list(dict.fromkeys(img_names))
-        with self.db.read() as conn:
+        with self.db.read(replica=True) as conn:
             _check(conn, access)
             rows = conn.execute(
                 _STATUS_QUERY.where(dialect.in_list(conn, image_status.c.img_name, wanted))
@@ -162,7 +162,7 @@ class VideoQueries:
                 )
             )
         query = query.order_by(image_status.c.updated_at.desc(), image_status.c.id.desc())
-        with self.db.read() as conn:
+        with self.db.read(replica=True) as conn:
             rows = conn.execute(
                 query.add_columns(image_status.c.id.label("_id")).limit(limit + 1)
             ).all()

@@ -73,7 +73,11 @@ def create_app(
     `run_worker` runs the worker loop in-process (the embedded default);
     `run_reaper` alone runs just the expired-lease reaper.
     """
-    database = db or open_database(settings.database_url, pool_size=settings.pool_size)
+    database = db or open_database(
+        settings.database_url,
+        pool_size=settings.pool_size,
+        replica_url=settings.read_replica_url,
+    )
     owns_db = db is None
     wake = WakeOnPending()
     feed_signal = FeedSignal()

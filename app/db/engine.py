@@ -2,8 +2,8 @@
 
 A `Database` holds two engines on the same URL: a writer, whose every
 transaction is one command (BEGIN IMMEDIATE on SQLite), and a reader that
-runs in autocommit, so a point read costs one round trip. The reader could
-point at a replica.
+runs in autocommit, so a point read costs one round trip. A third, optional
+engine reads from a replica: only reads that may lag the primary use it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from app.errors import Unavailable
 class Database:
     writer: Engine
     reader: Engine
+    #: A read replica, for the reads that accept its replication lag.
+    replica: Engine | None = None
 
     @property
     def is_postgres(self) -> bool:
@@ -37,9 +39,14 @@ class Database:
             yield conn
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A connection for reads, in autocommit: no BEGIN/COMMIT round trips."""
-        with _unavailable_on_disconnect(), self.reader.connect() as conn:
+    def read(self, *, replica: bool = False) -> Iterator[Connection]:
+        """A connection for reads, in autocommit: no BEGIN/COMMIT round trips.
+
+        `replica=True` lets the read replica answer, when one is configured:
+        it may not yet show what the primary committed a moment ago.
+        """
+        engine = self.replica if replica and self.replica is not None else self.reader
+        with _unavailable_on_disconnect(), engine.connect() as conn:
             yield conn
 
     @contextmanager
@@ -51,6 +58,8 @@ class Database:
     def dispose(self) -> None:
         self.writer.dispose()
         self.reader.dispose()
+        if self.replica is not None:
+            self.replica.dispose()
 
 
 @contextmanager
@@ -73,19 +82,38 @@ def ensure_sqlite_folder(url: str) -> bool:
     return True
 
 
-def open_database(url: str, *, pool_size: int = 20, echo: bool = False) -> Database:
-    """Build the writer and reader engines for `url`.
+def open_database(
+    url: str, *, pool_size: int = 20, echo: bool = False, replica_url: str | None = None
+) -> Database:
+    """Build the writer and reader engines for `url`, and a reader for
+    `replica_url` if given.
 
     For a SQLite file the parent folder is created, so the embedded default
     needs nothing by hand.
     """
     if ensure_sqlite_folder(url):
         writer = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=0)
+    else:
+        writer = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=0, pool_timeout=10)
+    configure_engine(writer, writer=True)
+    return Database(
+        writer=writer,
+        reader=_reader(url, pool_size, echo),
+        replica=_reader(replica_url, pool_size, echo) if replica_url is not None else None,
+    )
+
+
+def _reader(url: str, pool_size: int, echo: bool) -> Engine:
+    if ensure_sqlite_folder(url):
         reader = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=0)
     else:
-        common = {"echo": echo, "pool_size": pool_size, "max_overflow": 0, "pool_timeout": 10}
-        writer = create_engine(url, **common)
-        reader = create_engine(url, isolation_level="AUTOCOMMIT", **common)
-    configure_engine(writer, writer=True)
+        reader = create_engine(
+            url,
+            echo=echo,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=10,
+            isolation_level="AUTOCOMMIT",
+        )
     configure_engine(reader, writer=False)
-    return Database(writer=writer, reader=reader)
+    return reader
