@@ -70,7 +70,7 @@ def append(
             "idempotency_key": ev.idempotency_key,
         }
         try:
-            row = conn.execute(stmt, values).one()
+            ((position, recorded_at, tx_id),) = stmt.run(conn, values)
         except IntegrityError as exc:
             raise ConcurrencyConflict(
                 f"stream {img_name!r} moved past version {expected_version}",
@@ -78,7 +78,7 @@ def append(
             ) from exc
         recorded.append(
             RecordedEvent(
-                position=row.position,
+                position=position,
                 event_id=ev.event_id,
                 img_name=img_name,
                 version=expected_version + offset,
@@ -91,8 +91,8 @@ def append(
                 reason=ev.reason,
                 correlation_id=ev.correlation_id,
                 idempotency_key=ev.idempotency_key,
-                recorded_at=row.recorded_at,
-                tx_id=row.tx_id,
+                recorded_at=recorded_at,
+                tx_id=tx_id,
             )
         )
     return recorded
@@ -116,7 +116,7 @@ APPENDED_COLUMNS = [
 
 
 @functools.lru_cache(maxsize=4)
-def _append_statement(dialect_name: str) -> Any:
+def _append_statement(dialect_name: str) -> dialect.DriverStatement:
     """The INSERT … RETURNING of one event, built once per dialect (building
     it per append cost more than the round trip)."""
     on_postgres = dialect_name == "postgresql"
@@ -125,7 +125,7 @@ def _append_statement(dialect_name: str) -> Any:
     tx_id = dialect.transaction_id(on_postgres)
     if tx_id is not None:
         values["tx_id"] = tx_id
-    return (
+    return dialect.DriverStatement(
         insert(events)
         .values(values)
         .returning(events.c.position, events.c.recorded_at, events.c.tx_id)

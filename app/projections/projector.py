@@ -12,16 +12,18 @@ from app.db import dialect
 from app.db.tables import image_status, projection_state
 from app.events.types import RecordedEvent
 from app.projections import status
-from app.projections.status import StatusRow, apply, row_from_mapping
+from app.projections.status import StatusRow, apply, row_from_values
 
 _ROW_COLUMNS = [image_status.c[name] for name in status.COLUMNS]
-_LOAD = select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name"))
+_LOAD = dialect.DriverStatement(
+    select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name"))
+)
 
 
 def load(conn: Connection, img_name: str) -> StatusRow | None:
     """The projected row of one image, or None if it has no events."""
-    found = conn.execute(_LOAD, {"img_name": img_name}).mappings().first()
-    return row_from_mapping(found) if found is not None else None
+    found = _LOAD.run(conn, {"img_name": img_name})
+    return row_from_values(found[0]) if found else None
 
 
 def project(conn: Connection, row: StatusRow | None, recorded: list[RecordedEvent]) -> StatusRow:

@@ -8,6 +8,7 @@ cannot disagree.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -63,6 +64,13 @@ def row_from_mapping(m: Any) -> StatusRow:
     values = {name: m[name] for name in COLUMNS}
     values["video_status"] = Status(values["video_status"])
     return StatusRow(**values)
+
+
+def row_from_values(values: Sequence[Any]) -> StatusRow:
+    """A StatusRow from a table row's values in `COLUMNS` order."""
+    row = StatusRow(*values)
+    row.video_status = Status(row.video_status)
+    return row
 
 
 def _set_error(row: StatusRow, error: Json | None) -> None:
