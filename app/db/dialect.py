@@ -37,9 +37,10 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
@@ -91,6 +92,20 @@ def clock(on_postgres: bool) -> ColumnElement[Any]:
     return func.strftime("%Y-%m-%d %H:%M:%f", "now")
 
 
+def transaction_clock(on_postgres: bool) -> ColumnElement[datetime] | None:
+    """The database clock as one value for the whole transaction, or None
+    where there is no such clock.
+
+    PostgreSQL's `now()` is the transaction's start: read with a command's
+    row, it is the `recorded_at` of every event that the command appends, so
+    the projected row can be folded before the append (see
+    `insert_then_upsert`). SQLite's clock moves from statement to statement.
+    """
+    if on_postgres:
+        return type_coerce(func.now(), UTCDateTime())
+    return None
+
+
 def tx_id_expr(conn: Connection) -> ColumnElement[Any] | None:
     """PostgreSQL's current transaction id (for the feed's order); None on SQLite."""
     return transaction_id(is_postgres(conn))
@@ -120,6 +135,58 @@ def _upsert_statement(
     stmt = mod.insert(table).values({name: bindparam(name) for name in columns}).inline()
     updates = {name: stmt.excluded[name] for name in columns if name not in keys}
     return DriverStatement(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates))
+
+
+def insert_then_upsert(
+    dialect_name: str,
+    insert: Insert,
+    table: Table,
+    columns: Sequence[str],
+    key: str,
+    from_inserted: Mapping[str, str],
+    *,
+    prefix: str,
+) -> DriverStatement | None:
+    """`insert` … RETURNING and an upsert of one row into `table`, as one
+    statement that returns what `insert` returns; None where the database
+    cannot do that (SQLite).
+
+    On PostgreSQL this is a data-modifying WITH: the upsert runs after the
+    insert, in the same statement, and an error in either fails both. It
+    saves the separate upsert's round trip, which on this box costs a
+    command about as much CPU (in the kernel's loopback send) as the
+    Python around it.
+
+    The upserted row's `columns` are bound as `<prefix><column>`, except
+    those in `from_inserted`, which maps a column to the name of a value
+    that `insert` returns (e.g. the position the database gave an event).
+    The prefix keeps the two rows' parameters apart where column names
+    meet (`img_name`, `version`). On a conflict on `key` every other
+    column is updated.
+    """
+    if dialect_name != "postgresql":
+        return None
+    inserted = insert.cte("inserted")
+    values: dict[str, Any] = {}
+    for name in columns:
+        if name in from_inserted:
+            values[name] = select(inserted.c[from_inserted[name]]).scalar_subquery()
+        else:
+            values[name] = bindparam(f"{prefix}{name}", type_=table.c[name].type)
+    upsert = postgresql.insert(table).values(values).inline()
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[key],
+        set_={name: upsert.excluded[name] for name in columns if name != key},
+    )
+    return DriverStatement(select(*inserted.c).add_cte(upsert.cte("upserted")))
+
+
+def violated_constraint(exc: IntegrityError) -> str | None:
+    """The name of the constraint that `exc` violated, where the driver says
+    (PostgreSQL); None where it does not (SQLite)."""
+    diag = getattr(exc.orig, "diag", None)  # psycopg2's error details
+    name = getattr(diag, "constraint_name", None)
+    return str(name) if name is not None else None
 
 
 # --- hot statements on the driver's cursor --------------------------------------
@@ -180,6 +247,9 @@ class DriverStatement:
 
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self.statement.compile(dialect=dialect)
+        if not all(param.required for param in compiled.binds.values()):
+            # `run` binds only what the caller gives, not values kept in the statement.
+            raise ValueError("a DriverStatement takes every parameter from its caller")
         procs = []
         for name, param in compiled.binds.items():
             process = param.type.dialect_impl(dialect).bind_processor(dialect)
