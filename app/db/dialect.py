@@ -8,7 +8,9 @@ clock, and SQLite's connection pragmas. Everything else stays portable.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,7 +136,9 @@ def _upsert_statement(
     mod = postgresql if dialect_name == "postgresql" else sqlite
     stmt = mod.insert(table).values({name: bindparam(name) for name in columns}).inline()
     updates = {name: stmt.excluded[name] for name in columns if name not in keys}
-    return DriverStatement(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates))
+    return DriverStatement(
+        stmt.on_conflict_do_update(index_elements=list(keys), set_=updates), prepare=True
+    )
 
 
 def insert_then_upsert(
@@ -178,7 +182,7 @@ def insert_then_upsert(
         index_elements=[key],
         set_={name: upsert.excluded[name] for name in columns if name != key},
     )
-    return DriverStatement(select(*inserted.c).add_cte(upsert.cte("upserted")))
+    return DriverStatement(select(*inserted.c).add_cte(upsert.cte("upserted")), prepare=True)
 
 
 def violated_constraint(exc: IntegrityError) -> str | None:
@@ -193,12 +197,16 @@ def violated_constraint(exc: IntegrityError) -> str | None:
 
 
 class DriverStatement:
-    """A Core statement compiled once and run straight on the DBAPI cursor.
+    """A Core statement compiled once, prepared on the server, and run
+    straight on the DBAPI cursor.
 
-    Why: on this box `Connection.execute` spends about 70 µs of Python per
-    statement (execution context, result metadata, events) around the
-    driver's own 15 µs, and a write command is a handful of statements.
-    Under the GIL that Python is what caps concurrent writers (issue 5).
+    Why (issue 5, measured on this box): `Connection.execute` spends about
+    70 µs of Python per statement (execution context, result metadata,
+    events) around the driver's own 15 µs, and under the GIL that Python
+    is what caps concurrent writers. And without a prepared statement
+    PostgreSQL parses and plans each statement anew: for a command's load
+    and append that was about 300 µs of server CPU per command, on the
+    same two cores as the clients.
 
     What stays as with `Connection.execute`: the SQL is compiled from Core
     by the connection's dialect; parameters and results pass through the
@@ -208,12 +216,26 @@ class DriverStatement:
     `echo` does not show these statements) and the compiled cache, which
     this object replaces.
 
+    With `prepare=True` the statement is PREPAREd on each connection the
+    first time it runs there (PostgreSQL keeps it for the session, through
+    rollbacks, and plans it again by name after DDL such as a rebuild's
+    table swap). Each connection records what it has prepared in its pool
+    `info`, which a reconnect clears. Only for statements whose outcome
+    does not depend on their snapshot, such as inserts and upserts (their
+    conflict checks see the latest committed rows): PostgreSQL takes an
+    EXECUTE's snapshot before it waits for its locks, so a prepared read
+    that waited behind a rebuild's swap would see the table as it was
+    before the swap's last pass. A pooler that shares server sessions
+    between clients per transaction (PgBouncer's transaction mode) would
+    need its prepared-statement support turned on.
+
     Only on PostgreSQL, inside a transaction (the writer's); anywhere else
     `run` is plain `Connection.execute`.
     """
 
-    def __init__(self, statement: Select[Any] | Insert) -> None:
+    def __init__(self, statement: Select[Any] | Insert, *, prepare: bool = False) -> None:
         self.statement = statement
+        self.prepare = prepare
         self._compiled: _Compiled | None = None
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
@@ -225,11 +247,15 @@ class DriverStatement:
         bound = dict(params)
         for name, process in compiled.bind_processors:
             bound[name] = process(bound[name])
-        dbapi_conn = conn.connection.dbapi_connection
-        assert dbapi_conn is not None, "a connection inside a transaction is checked out"
-        cursor = dbapi_conn.cursor()
+        pooled = conn.connection
+        assert pooled.dbapi_connection is not None, "a connection in a transaction is checked out"
+        prepared: set[str] = pooled.info.setdefault(_PREPARED, set())
+        cursor = pooled.dbapi_connection.cursor()
         try:
-            cursor.execute(compiled.sql, bound)
+            if compiled.prepare is not None and compiled.name not in prepared:
+                cursor.execute(compiled.prepare)
+                prepared.add(compiled.name)
+            cursor.execute(compiled.execute, bound)
             if cursor.description is None:
                 return []
             rows = cursor.fetchall()
@@ -255,7 +281,22 @@ class DriverStatement:
             process = param.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 procs.append((name, process))
-        self._compiled = _Compiled(sql=compiled.string, bind_processors=tuple(procs))
+        sql = compiled.string
+        names = list(compiled.binds)
+        name = f"vidledger_{hashlib.sha1(sql.encode()).hexdigest()[:20]}"
+        arguments = ", ".join(f"%({n})s" for n in names)
+        if self.prepare:
+            prepare: str | None = f"PREPARE {name} AS {_numbered(sql, names)}"
+            execute = f"EXECUTE {name} ({arguments})" if names else f"EXECUTE {name}"
+        else:
+            prepare, execute = None, sql
+        self._compiled = _Compiled(
+            sql=sql,
+            name=name,
+            prepare=prepare,
+            execute=execute,
+            bind_processors=tuple(procs),
+        )
         return self._compiled
 
     def _result_processors(self, conn: Connection, cursor: Any) -> list[Any]:
@@ -272,9 +313,37 @@ class DriverStatement:
         return processors
 
 
+#: The key, in a pooled connection's `info`, of the statements it has prepared.
+_PREPARED = "vidledger.prepared"
+
+#: A psycopg2 placeholder `%(name)s`, or an escaped percent sign.
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+
+
+def _numbered(sql: str, names: list[str]) -> str:
+    """`sql` as PREPARE wants it: `$1`, `$2`, … for the driver's named
+    placeholders (numbered as in `names`), and `%%` back to `%`."""
+    number = {name: i for i, name in enumerate(names, start=1)}
+
+    def replace(match: re.Match[str]) -> str:
+        return "%" if match.group(0) == "%%" else f"${number[match.group(1)]}"
+
+    numbered = _PLACEHOLDER.sub(replace, sql)
+    if "%(" in numbered:
+        raise ValueError("a parameter name the driver escaped: cannot prepare this statement")
+    return numbered
+
+
 @dataclass
 class _Compiled:
+    #: The statement for the driver, as Core compiled it (named in errors).
     sql: str
+    #: The server-side name it is prepared under, from its text.
+    name: str
+    #: The PREPARE, for a statement run prepared; else None.
+    prepare: str | None
+    #: What runs it: an EXECUTE of the prepared statement, or `sql` itself.
+    execute: str
     bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
     #: Filled in by the first execution that returns rows.
     result_processors: list[Any] | None = None
@@ -320,7 +389,11 @@ def skip_locked(conn: Connection, query: Select[Any]) -> Select[Any]:
 
 
 def feed_filter(
-    conn: Connection, events: Table, after: str | None, *, in_flight_possible: bool = True
+    conn: Connection,
+    events: Table,
+    after: str | None,
+    *,
+    in_flight_possible: bool = True,
 ) -> ColumnElement[bool]:
     """Rows a feed reader may see after cursor `after`, without ever skipping one.
 
@@ -542,7 +615,15 @@ def supports_copy(conn: Connection) -> bool:
     return is_postgres(conn)
 
 
-_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
+_UNESCAPE = {
+    "\\": "\\",
+    "t": "\t",
+    "n": "\n",
+    "r": "\r",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+}
 
 
 def _unescape(field: str) -> str | None:

@@ -195,7 +195,7 @@ APPENDED_COLUMNS = [
 def _append_statement(dialect_name: str) -> dialect.DriverStatement:
     """The INSERT … RETURNING of one event, built once per dialect (building
     it per append cost more than the round trip)."""
-    return dialect.DriverStatement(_append_insert(dialect_name))
+    return dialect.DriverStatement(_append_insert(dialect_name), prepare=True)
 
 
 def _append_insert(dialect_name: str) -> Insert:
