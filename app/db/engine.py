@@ -92,7 +92,12 @@ def open_database(url: str, *, pool_size: int = 20, echo: bool = False) -> Datab
         reader = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=0)
     else:
         common = {"echo": echo, "pool_size": pool_size, "max_overflow": 0, "pool_timeout": 10}
-        writer = create_engine(url, **common)
+        # No rollback when a writer connection goes back to the pool: every
+        # one is handed out by `begin()` (here or in `dialect.snapshot`), whose
+        # Connection has already committed or rolled back, and a Connection
+        # closed mid-transaction rolls back itself. The pool's extra rollback
+        # was a few percent of a command's Python under the GIL (issue 5).
+        writer = create_engine(url, pool_reset_on_return=None, **common)
         reader = create_engine(url, isolation_level="AUTOCOMMIT", **common)
     configure_engine(writer, writer=True)
     configure_engine(reader, writer=False)

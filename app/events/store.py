@@ -7,7 +7,6 @@ version) leaves as `ConcurrencyConflict`.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -112,7 +111,7 @@ def append_projected(
         # The row was folded with the clock read earlier in this transaction;
         # a clock that moved would leave it disagreeing with the log.
         raise RuntimeError("the database clock moved within a transaction")
-    return dataclasses.replace(event, position=position, tx_id=tx_id)
+    return _recorded(event.img_name, event.version, event, position, recorded_at, tx_id)
 
 
 @contextmanager
@@ -150,7 +149,7 @@ def _values(img_name: str, version: int, ev: NewEvent | RecordedEvent) -> dict[s
 def _recorded(
     img_name: str,
     version: int,
-    ev: NewEvent,
+    ev: NewEvent | RecordedEvent,
     position: int,
     recorded_at: datetime,
     tx_id: int | None,
