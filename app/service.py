@@ -31,11 +31,11 @@ from app.errors import (
     LeaseLost,
     Unavailable,
 )
-from app.events import store
 from app.events import types as ev
 from app.events.types import Json, NewEvent, RecordedEvent
 from app.lifecycle import EventType, Status
 from app.projections import projector
+from app.projections.projector import Current
 from app.projections.status import StatusRow
 from app.video_files import VideoFiles
 from app.views import VideoState, status_body
@@ -160,18 +160,14 @@ class VideoService:
             return result
         raise Unavailable("too many concurrent writers on this image; try again")
 
-    def _append(
-        self, conn: Connection, row: StatusRow | None, img_name: str, new: list[NewEvent]
-    ) -> StatusRow:
-        version = row.version if row is not None else 0
-        recorded = store.append(conn, img_name, version, new)
-        result = projector.project(conn, row, recorded)
+    def _append(self, conn: Connection, current: Current, new: list[NewEvent]) -> StatusRow:
+        recorded, result = projector.append(conn, current, new)
         for r in recorded:
             log.info(
                 "appended %s",
                 r.event_type.value,
                 extra={
-                    "img_name": img_name,
+                    "img_name": r.img_name,
                     "event_type": r.event_type.value,
                     "position": r.position,
                     "version": r.version,
@@ -230,7 +226,8 @@ class VideoService:
                 replay = self._replay(conn, img_name, idem)
                 if replay is not None:
                     return replay
-            row = projector.load(conn, img_name)
+            current = projector.load_current(conn, img_name)
+            row = current.row
             decision = decide(row)
             if decision is not None:
                 event_type, data = decision
@@ -244,7 +241,7 @@ class VideoService:
                     idempotency_key=idem.key if idem else None,
                     regenerate=regenerate,
                 )
-                row = self._append(conn, row, img_name, [new])
+                row = self._append(conn, current, [new])
             body = status_body(
                 VideoState(row=row, progress=self._progress(conn, row))
                 if row is not None
@@ -412,7 +409,8 @@ class VideoService:
             img_name = conn.execute(dialect.skip_locked(conn, query)).scalar()
             if img_name is None:
                 return None
-            row = projector.load(conn, img_name)
+            current = projector.load_current(conn, img_name)
+            row = current.row
             assert row is not None
             token = secrets.token_hex(16)
             expires = now + timedelta(seconds=seconds)
@@ -420,8 +418,7 @@ class VideoService:
             data = ev.processing_started(worker_id, expires, attempt)
             row = self._append(
                 conn,
-                row,
-                img_name,
+                current,
                 [self._event(row, img_name, EventType.PROCESSING_STARTED, data, actor)],
             )
             lease = {
@@ -450,9 +447,12 @@ class VideoService:
 
         return self._in_transaction(work)
 
-    def _fence(self, conn: Connection, img_name: str, token: str) -> tuple[StatusRow, Actor]:
-        """The row of a task whose lease `token` is still current, and the
-        worker that holds it. Raises `LeaseLost` otherwise (fencing)."""
+    def _fence(
+        self, conn: Connection, img_name: str, token: str
+    ) -> tuple[Current, StatusRow, Actor]:
+        """The row of a task whose lease `token` is still current (as read, and
+        as a row), and the worker that holds it. Raises `LeaseLost` otherwise
+        (fencing)."""
         lease = conn.execute(
             select(leases.c.lease_token, leases.c.expires_at, leases.c.worker_id).where(
                 leases.c.img_name == img_name
@@ -467,10 +467,11 @@ class VideoService:
                 f"the lease on {img_name!r} is no longer yours; nothing was recorded",
                 img_name=img_name,
             )
-        row = projector.load(conn, img_name)
+        current = projector.load_current(conn, img_name)
+        row = current.row
         if row is None or row.video_status is not Status.PROCESSING:
             raise LeaseLost(f"{img_name!r} is no longer processing", img_name=img_name)
-        return row, Actor(f"worker:{lease.worker_id}")
+        return current, row, Actor(f"worker:{lease.worker_id}")
 
     def heartbeat(self, img_name: str, token: str, progress: float | None = None) -> Heartbeat:
         """Extend the lease and record progress (0-1).
@@ -479,7 +480,7 @@ class VideoService:
         """
 
         def work(conn: Connection) -> Heartbeat:
-            row, _ = self._fence(conn, img_name, token)
+            _, row, _ = self._fence(conn, img_name, token)
             now = self.clock()
             seconds = conn.execute(
                 select(leases.c.lease_seconds).where(leases.c.img_name == img_name)
@@ -499,8 +500,8 @@ class VideoService:
         """A fenced worker write: one event, then the lease is dropped."""
 
         def work(conn: Connection) -> Json:
-            row, actor = self._fence(conn, img_name, token)
-            row = self._append(conn, row, img_name, [build(row, actor)])
+            current, row, actor = self._fence(conn, img_name, token)
+            row = self._append(conn, current, [build(row, actor)])
             conn.execute(delete(leases).where(leases.c.img_name == img_name))
             return status_body(VideoState(row=row))
 
@@ -600,7 +601,8 @@ class VideoService:
                 ).first()
                 if lease is None or lease.lease_token != token or lease.expires_at > self.clock():
                     return False
-                row = projector.load(conn, img_name)
+                current = projector.load_current(conn, img_name)
+                row = current.row
                 if row is not None and row.video_status is Status.PROCESSING:
                     if row.cancel_requested:
                         new = self._event(
@@ -613,7 +615,7 @@ class VideoService:
                             True,
                         )
                         new = self._failure_event(row, error, actor)
-                    self._append(conn, row, img_name, [new])
+                    self._append(conn, current, [new])
                 conn.execute(delete(leases).where(leases.c.img_name == img_name))
                 return True
 

@@ -8,9 +8,12 @@ clock, and SQLite's connection pragmas. Everything else stays portable.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
-from collections.abc import Callable, Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Insert,
     Integer,
     Select,
     String,
@@ -35,9 +39,10 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    type_coerce,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeDecorator
 
@@ -89,6 +94,20 @@ def clock(on_postgres: bool) -> ColumnElement[Any]:
     return func.strftime("%Y-%m-%d %H:%M:%f", "now")
 
 
+def transaction_clock(on_postgres: bool) -> ColumnElement[datetime] | None:
+    """The database clock as one value for the whole transaction, or None
+    where there is no such clock.
+
+    PostgreSQL's `now()` is the transaction's start: read with a command's
+    row, it is the `recorded_at` of every event that the command appends, so
+    the projected row can be folded before the append (see
+    `insert_then_upsert`). SQLite's clock moves from statement to statement.
+    """
+    if on_postgres:
+        return type_coerce(func.now(), UTCDateTime())
+    return None
+
+
 def tx_id_expr(conn: Connection) -> ColumnElement[Any] | None:
     """PostgreSQL's current transaction id (for the feed's order); None on SQLite."""
     return transaction_id(is_postgres(conn))
@@ -104,19 +123,250 @@ def transaction_id(on_postgres: bool) -> ColumnElement[Any] | None:
 def upsert(conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]) -> None:
     """Execute INSERT … ON CONFLICT (key) DO UPDATE of every other given column."""
     keys = (key,) if isinstance(key, str) else tuple(key)
-    conn.execute(_upsert_statement(conn.dialect.name, table, tuple(values), keys), values)
+    _upsert_statement(conn.dialect.name, table, tuple(values), keys).run(conn, values)
 
 
 @functools.lru_cache(maxsize=64)
 def _upsert_statement(
     dialect_name: str, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]
-) -> Any:
+) -> DriverStatement:
     # Built once per shape: constructing it (its `excluded` alias above all)
-    # cost more than the round trip on the hot path.
+    # cost more than the round trip on the hot path. `inline()`: nothing
+    # reads the generated key back, so no implicit RETURNING of it.
     mod = postgresql if dialect_name == "postgresql" else sqlite
-    stmt = mod.insert(table).values({name: bindparam(name) for name in columns})
+    stmt = mod.insert(table).values({name: bindparam(name) for name in columns}).inline()
     updates = {name: stmt.excluded[name] for name in columns if name not in keys}
-    return stmt.on_conflict_do_update(index_elements=list(keys), set_=updates)
+    return DriverStatement(
+        stmt.on_conflict_do_update(index_elements=list(keys), set_=updates), prepare=True
+    )
+
+
+def insert_then_upsert(
+    dialect_name: str,
+    insert: Insert,
+    table: Table,
+    columns: Sequence[str],
+    key: str,
+    from_inserted: Mapping[str, str],
+    *,
+    prefix: str,
+) -> DriverStatement | None:
+    """`insert` … RETURNING and an upsert of one row into `table`, as one
+    statement that returns what `insert` returns; None where the database
+    cannot do that (SQLite).
+
+    On PostgreSQL this is a data-modifying WITH: the upsert runs after the
+    insert, in the same statement, and an error in either fails both. It
+    saves the separate upsert's round trip, which on this box costs a
+    command about as much CPU (in the kernel's loopback send) as the
+    Python around it.
+
+    The upserted row's `columns` are bound as `<prefix><column>`, except
+    those in `from_inserted`, which maps a column to the name of a value
+    that `insert` returns (e.g. the position the database gave an event).
+    The prefix keeps the two rows' parameters apart where column names
+    meet (`img_name`, `version`). On a conflict on `key` every other
+    column is updated.
+    """
+    if dialect_name != "postgresql":
+        return None
+    inserted = insert.cte("inserted")
+    values: dict[str, Any] = {}
+    for name in columns:
+        if name in from_inserted:
+            values[name] = select(inserted.c[from_inserted[name]]).scalar_subquery()
+        else:
+            values[name] = bindparam(f"{prefix}{name}", type_=table.c[name].type)
+    upsert = postgresql.insert(table).values(values).inline()
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[key],
+        set_={name: upsert.excluded[name] for name in columns if name != key},
+    )
+    return DriverStatement(select(*inserted.c).add_cte(upsert.cte("upserted")), prepare=True)
+
+
+def violated_constraint(exc: IntegrityError) -> str | None:
+    """The name of the constraint that `exc` violated, where the driver says
+    (PostgreSQL); None where it does not (SQLite)."""
+    diag = getattr(exc.orig, "diag", None)  # psycopg2's error details
+    name = getattr(diag, "constraint_name", None)
+    return str(name) if name is not None else None
+
+
+# --- hot statements on the driver's cursor --------------------------------------
+
+
+class DriverStatement:
+    """A Core statement compiled once, prepared on the server, and run
+    straight on the DBAPI cursor.
+
+    Why (issue 5, measured on this box): `Connection.execute` spends about
+    70 µs of Python per statement (execution context, result metadata,
+    events) around the driver's own 15 µs, and under the GIL that Python
+    is what caps concurrent writers. And without a prepared statement
+    PostgreSQL parses and plans each statement anew: for a command's load
+    and append that was about 300 µs of server CPU per command, on the
+    same two cores as the clients.
+
+    What stays as with `Connection.execute`: the SQL is compiled from Core
+    by the connection's dialect; parameters and results pass through the
+    columns' type processors; a driver error leaves as SQLAlchemy's
+    `DBAPIError` subclass (`IntegrityError`, …), the connection invalidated
+    first if it was a disconnect. What is skipped: execution events (so
+    `echo` does not show these statements) and the compiled cache, which
+    this object replaces.
+
+    With `prepare=True` the statement is PREPAREd on each connection the
+    first time it runs there (PostgreSQL keeps it for the session, through
+    rollbacks, and plans it again by name after DDL such as a rebuild's
+    table swap). Each connection records what it has prepared in its pool
+    `info`, which a reconnect clears. Only for statements whose outcome
+    does not depend on their snapshot, such as inserts and upserts (their
+    conflict checks see the latest committed rows): PostgreSQL takes an
+    EXECUTE's snapshot before it waits for its locks, so a prepared read
+    that waited behind a rebuild's swap would see the table as it was
+    before the swap's last pass. A pooler that shares server sessions
+    between clients per transaction (PgBouncer's transaction mode) would
+    need its prepared-statement support turned on.
+
+    Only on PostgreSQL, inside a transaction (the writer's); anywhere else
+    `run` is plain `Connection.execute`.
+    """
+
+    def __init__(self, statement: Select[Any] | Insert, *, prepare: bool = False) -> None:
+        self.statement = statement
+        self.prepare = prepare
+        self._compiled: _Compiled | None = None
+
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        """Execute with `params`; the rows it returns (none for plain DML)."""
+        if conn.dialect.name != "postgresql" or not conn.in_transaction():
+            result = conn.execute(self.statement, params)
+            return result.all() if result.returns_rows else []
+        compiled = self._compiled or self._compile(conn.dialect)
+        bound = dict(params)
+        for name, process in compiled.bind_processors:
+            bound[name] = process(bound[name])
+        pooled = conn.connection
+        assert pooled.dbapi_connection is not None, "a connection in a transaction is checked out"
+        prepared: set[str] = pooled.info.setdefault(_PREPARED, set())
+        cursor = pooled.dbapi_connection.cursor()
+        try:
+            if compiled.prepare is not None and compiled.name not in prepared:
+                cursor.execute(compiled.prepare)
+                prepared.add(compiled.name)
+            cursor.execute(compiled.execute, bound)
+            if cursor.description is None:
+                return []
+            rows = cursor.fetchall()
+            processors = compiled.result_processors or self._result_processors(conn, cursor)
+        except conn.dialect.loaded_dbapi.Error as err:
+            raise _wrapped(conn, compiled.sql, bound, err, cursor) from err
+        finally:
+            cursor.close()
+        if not rows or not any(processors):
+            return rows
+        return [
+            [value if p is None else p(value) for p, value in zip(processors, row, strict=True)]
+            for row in rows
+        ]
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        compiled = self.statement.compile(dialect=dialect)
+        if not all(param.required for param in compiled.binds.values()):
+            # `run` binds only what the caller gives, not values kept in the statement.
+            raise ValueError("a DriverStatement takes every parameter from its caller")
+        procs = []
+        for name, param in compiled.binds.items():
+            process = param.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                procs.append((name, process))
+        sql = compiled.string
+        names = list(compiled.binds)
+        name = f"vidledger_{hashlib.sha1(sql.encode()).hexdigest()[:20]}"
+        arguments = ", ".join(f"%({n})s" for n in names)
+        if self.prepare:
+            prepare: str | None = f"PREPARE {name} AS {_numbered(sql, names)}"
+            execute = f"EXECUTE {name} ({arguments})" if names else f"EXECUTE {name}"
+        else:
+            prepare, execute = None, sql
+        self._compiled = _Compiled(
+            sql=sql,
+            name=name,
+            prepare=prepare,
+            execute=execute,
+            bind_processors=tuple(procs),
+        )
+        return self._compiled
+
+    def _result_processors(self, conn: Connection, cursor: Any) -> list[Any]:
+        """Each result column's processor, as Core picks it: by the column's
+        type and the driver's type code of the value (known after a first
+        execution)."""
+        assert self._compiled is not None
+        columns = list(self.statement.exported_columns)  # a SELECT's, or the RETURNING
+        processors = [
+            column.type.dialect_impl(conn.dialect).result_processor(conn.dialect, described[1])
+            for column, described in zip(columns, cursor.description, strict=True)
+        ]
+        self._compiled.result_processors = processors
+        return processors
+
+
+#: The key, in a pooled connection's `info`, of the statements it has prepared.
+_PREPARED = "vidledger.prepared"
+
+#: A psycopg2 placeholder `%(name)s`, or an escaped percent sign.
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s|%%")
+
+
+def _numbered(sql: str, names: list[str]) -> str:
+    """`sql` as PREPARE wants it: `$1`, `$2`, … for the driver's named
+    placeholders (numbered as in `names`), and `%%` back to `%`."""
+    number = {name: i for i, name in enumerate(names, start=1)}
+
+    def replace(match: re.Match[str]) -> str:
+        return "%" if match.group(0) == "%%" else f"${number[match.group(1)]}"
+
+    numbered = _PLACEHOLDER.sub(replace, sql)
+    if "%(" in numbered:
+        raise ValueError("a parameter name the driver escaped: cannot prepare this statement")
+    return numbered
+
+
+@dataclass
+class _Compiled:
+    #: The statement for the driver, as Core compiled it (named in errors).
+    sql: str
+    #: The server-side name it is prepared under, from its text.
+    name: str
+    #: The PREPARE, for a statement run prepared; else None.
+    prepare: str | None
+    #: What runs it: an EXECUTE of the prepared statement, or `sql` itself.
+    execute: str
+    bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+    #: Filled in by the first execution that returns rows.
+    result_processors: list[Any] | None = None
+
+
+def _wrapped(
+    conn: Connection, sql: str, params: Mapping[str, Any], err: Any, cursor: Any
+) -> DBAPIError:
+    """A driver error as `Connection.execute` would raise it."""
+    dbapi_conn = conn.connection.dbapi_connection
+    lost = conn.dialect.is_disconnect(err, dbapi_conn, cursor)
+    if lost:
+        conn.invalidate(err)
+    wrapped = DBAPIError.instance(
+        sql,
+        params,
+        err,
+        conn.dialect.loaded_dbapi.Error,
+        connection_invalidated=lost,
+        dialect=conn.dialect,
+    )
+    assert isinstance(wrapped, DBAPIError)
+    return wrapped
 
 
 def insert_ignore(conn: Connection, table: Table) -> Any:
@@ -139,7 +389,11 @@ def skip_locked(conn: Connection, query: Select[Any]) -> Select[Any]:
 
 
 def feed_filter(
-    conn: Connection, events: Table, after: str | None, *, in_flight_possible: bool = True
+    conn: Connection,
+    events: Table,
+    after: str | None,
+    *,
+    in_flight_possible: bool = True,
 ) -> ColumnElement[bool]:
     """Rows a feed reader may see after cursor `after`, without ever skipping one.
 
@@ -396,7 +650,15 @@ def supports_copy(conn: Connection) -> bool:
     return is_postgres(conn)
 
 
-_UNESCAPE = {"\\": "\\", "t": "\t", "n": "\n", "r": "\r", "b": "\b", "f": "\f", "v": "\v"}
+_UNESCAPE = {
+    "\\": "\\",
+    "t": "\t",
+    "n": "\n",
+    "r": "\r",
+    "b": "\b",
+    "f": "\f",
+    "v": "\v",
+}
 
 
 def _unescape(field: str) -> str | None:

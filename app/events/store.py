@@ -8,12 +8,23 @@ version) leaves as `ConcurrencyConflict`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, func, insert, select
+from sqlalchemy import (
+    Connection,
+    Insert,
+    Select,
+    UniqueConstraint,
+    and_,
+    bindparam,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 
 from app.db import dialect
@@ -55,47 +66,111 @@ def append(
     recorded: list[RecordedEvent] = []
     stmt = _append_statement(conn.dialect.name)
     for offset, ev in enumerate(new, start=1):
-        values: dict[str, Any] = {
-            "event_id": ev.event_id,
-            "img_name": img_name,
-            "version": expected_version + offset,
-            "event_type": ev.event_type.value,
-            "schema_version": ev.schema_version,
-            "from_status": ev.from_status.value,
-            "to_status": ev.to_status.value,
-            "data": ev.data,
-            "actor": ev.actor,
-            "reason": ev.reason,
-            "correlation_id": ev.correlation_id,
-            "idempotency_key": ev.idempotency_key,
-        }
-        try:
-            row = conn.execute(stmt, values).one()
-        except IntegrityError as exc:
-            raise ConcurrencyConflict(
-                f"stream {img_name!r} moved past version {expected_version}",
-                img_name=img_name,
-            ) from exc
-        recorded.append(
-            RecordedEvent(
-                position=row.position,
-                event_id=ev.event_id,
-                img_name=img_name,
-                version=expected_version + offset,
-                event_type=ev.event_type,
-                schema_version=ev.schema_version,
-                from_status=ev.from_status,
-                to_status=ev.to_status,
-                data=ev.data,
-                actor=ev.actor,
-                reason=ev.reason,
-                correlation_id=ev.correlation_id,
-                idempotency_key=ev.idempotency_key,
-                recorded_at=row.recorded_at,
-                tx_id=row.tx_id,
-            )
-        )
+        version = expected_version + offset
+        with _conflict_on_version(img_name, expected_version):
+            ((position, recorded_at, tx_id),) = stmt.run(conn, _values(img_name, version, ev))
+        recorded.append(_recorded(img_name, version, ev, position, recorded_at, tx_id))
     return recorded
+
+
+def pending(img_name: str, version: int, ev: NewEvent, recorded_at: datetime) -> RecordedEvent:
+    """`ev` as it will be recorded at `version` by a transaction whose database
+    clock reads `recorded_at` (see `dialect.transaction_clock`).
+
+    Its position (0 here) and tx_id (None) are known only once it is
+    appended with `append_projected`, which returns them.
+    """
+    return _recorded(img_name, version, ev, 0, recorded_at, None)
+
+
+def can_append_projected(conn: Connection) -> bool:
+    """Whether `append_projected` works on this connection's database."""
+    return _append_projected_statement(conn.dialect.name) is not None
+
+
+def append_projected(
+    conn: Connection, event: RecordedEvent, row: Mapping[str, Any]
+) -> RecordedEvent:
+    """Append `event` (made by `pending`) and upsert its projected status `row`,
+    in one statement.
+
+    `row` holds every status column; its `last_position` is ignored and
+    stored as the position the database gives the event. Returns `event`
+    with that position and its tx_id. Raises `ConcurrencyConflict` as
+    `append` does (the stream must still be at `event.version - 1`).
+    Only where `can_append_projected`.
+    """
+    stmt = _append_projected_statement(conn.dialect.name)
+    assert stmt is not None, "append_projected needs a database that can fuse the two"
+    params = _values(event.img_name, event.version, event)
+    for name, value in row.items():
+        params[PROJECTED_PREFIX + name] = value
+    with _conflict_on_version(event.img_name, event.version - 1):
+        ((position, recorded_at, tx_id),) = stmt.run(conn, params)
+    if recorded_at != event.recorded_at:
+        # The row was folded with the clock read earlier in this transaction;
+        # a clock that moved would leave it disagreeing with the log.
+        raise RuntimeError("the database clock moved within a transaction")
+    return _recorded(event.img_name, event.version, event, position, recorded_at, tx_id)
+
+
+@contextmanager
+def _conflict_on_version(img_name: str, expected_version: int) -> Iterator[None]:
+    """Turn a lost race on UNIQUE(img_name, version) into `ConcurrencyConflict`."""
+    try:
+        yield
+    except IntegrityError as exc:
+        if dialect.violated_constraint(exc) not in (None, _STREAM_VERSION_UNIQUE):
+            raise
+        raise ConcurrencyConflict(
+            f"stream {img_name!r} moved past version {expected_version}",
+            img_name=img_name,
+        ) from exc
+
+
+def _values(img_name: str, version: int, ev: NewEvent | RecordedEvent) -> dict[str, Any]:
+    """The log row's values that an append binds (the database adds the rest)."""
+    return {
+        "event_id": ev.event_id,
+        "img_name": img_name,
+        "version": version,
+        "event_type": ev.event_type.value,
+        "schema_version": ev.schema_version,
+        "from_status": ev.from_status.value,
+        "to_status": ev.to_status.value,
+        "data": ev.data,
+        "actor": ev.actor,
+        "reason": ev.reason,
+        "correlation_id": ev.correlation_id,
+        "idempotency_key": ev.idempotency_key,
+    }
+
+
+def _recorded(
+    img_name: str,
+    version: int,
+    ev: NewEvent | RecordedEvent,
+    position: int,
+    recorded_at: datetime,
+    tx_id: int | None,
+) -> RecordedEvent:
+    return RecordedEvent(
+        position=position,
+        event_id=ev.event_id,
+        img_name=img_name,
+        version=version,
+        event_type=ev.event_type,
+        schema_version=ev.schema_version,
+        from_status=ev.from_status,
+        to_status=ev.to_status,
+        data=ev.data,
+        actor=ev.actor,
+        reason=ev.reason,
+        correlation_id=ev.correlation_id,
+        idempotency_key=ev.idempotency_key,
+        recorded_at=recorded_at,
+        tx_id=tx_id,
+    )
 
 
 #: The columns an append writes from the event itself (the database adds the rest).
@@ -116,9 +191,13 @@ APPENDED_COLUMNS = [
 
 
 @functools.lru_cache(maxsize=4)
-def _append_statement(dialect_name: str) -> Any:
+def _append_statement(dialect_name: str) -> dialect.DriverStatement:
     """The INSERT … RETURNING of one event, built once per dialect (building
     it per append cost more than the round trip)."""
+    return dialect.DriverStatement(_append_insert(dialect_name), prepare=True)
+
+
+def _append_insert(dialect_name: str) -> Insert:
     on_postgres = dialect_name == "postgresql"
     values: dict[str, Any] = {name: bindparam(name) for name in APPENDED_COLUMNS}
     values["recorded_at"] = dialect.clock(on_postgres)
@@ -129,6 +208,32 @@ def _append_statement(dialect_name: str) -> Any:
         insert(events)
         .values(values)
         .returning(events.c.position, events.c.recorded_at, events.c.tx_id)
+    )
+
+
+#: The name of UNIQUE(img_name, version): the optimistic-concurrency guard.
+_STREAM_VERSION_UNIQUE = next(
+    str(c.name)
+    for c in events.constraints
+    if isinstance(c, UniqueConstraint) and set(c.columns.keys()) == {"img_name", "version"}
+)
+
+#: How `append_projected` names the status row's parameters, apart from the event's.
+PROJECTED_PREFIX = "row_"
+
+
+@functools.lru_cache(maxsize=4)
+def _append_projected_statement(dialect_name: str) -> dialect.DriverStatement | None:
+    """The append's INSERT and the status upsert as one statement (None where
+    the database cannot), built once per dialect."""
+    return dialect.insert_then_upsert(
+        dialect_name,
+        _append_insert(dialect_name),
+        image_status,
+        [c.name for c in image_status.columns if not c.primary_key],
+        "img_name",
+        {"last_position": "position"},
+        prefix=PROJECTED_PREFIX,
     )
 
 
