@@ -460,7 +460,9 @@ class VideoService:
         ).first()
         if (
             lease is None
-            or not secrets.compare_digest(lease.lease_token, token)
+            # Bytes: compare_digest refuses a str with non-ASCII characters,
+            # and a token is whatever the caller sent.
+            or not secrets.compare_digest(lease.lease_token.encode(), token.encode())
             or lease.expires_at <= self.clock()
         ):
             raise LeaseLost(
