@@ -569,3 +569,26 @@ def test_http_api_follows_the_model(model_client: TestClient, tmp_path: Path) ->
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         ),
     )
+
+
+@pytest.mark.parametrize(
+    ("stop", "body", "expected"),
+    [
+        ("release", {}, "cancelled"),
+        ("fail", {"error_code": "gpu.oom", "error_message": "x", "retryable": True}, "cancelled"),
+        ("fail", {"error_code": "bad.image", "error_message": "x", "retryable": False}, "failed"),
+    ],
+)
+def test_a_cancel_request_survives_the_worker_stopping(
+    client: TestClient, stop: str, body: dict[str, Any], expected: str
+) -> None:
+    """Found by the model: a release or a retryable failure after a cancel
+    request used to queue the video again, and the cancel was forgotten."""
+    client.post("/v1/videos", json={"img_name": "cat.png", "source_type": "scene"})
+    token = client.post("/v1/worker/claim", json={"worker_id": "w1"}).json()["lease_token"]
+    assert client.post("/v1/videos/cat.png/cancel").json()["cancel_requested"] is True
+    r = client.post(f"/v1/worker/tasks/cat.png/{stop}", json={"lease_token": token, **body})
+    assert r.status_code == 200, r.text
+    assert r.json()["video_status"] == expected
+    assert r.json()["cancel_requested"] is False
+    assert client.post("/v1/worker/claim", json={"worker_id": "w2"}).status_code == 204
