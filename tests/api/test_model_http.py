@@ -142,8 +142,11 @@ class VideoModel(RuleBasedStateMachine):
 
     # --- helpers ---------------------------------------------------------------
 
+    def time(self, seconds: float) -> datetime:
+        return self.epoch + timedelta(seconds=seconds)
+
     def at(self, seconds: float) -> str:
-        return (self.epoch + timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+        return self.time(seconds).isoformat().replace("+00:00", "Z")
 
     def expected_body(self, img: Img) -> dict[str, Any]:
         error = None
@@ -164,20 +167,21 @@ class VideoModel(RuleBasedStateMachine):
             "version": img.version,
         }
 
-    def check_body(self, img: Img, body: dict[str, Any], *, live: bool = True) -> None:
+    def check_body(self, img: Img, body: dict[str, Any]) -> None:
         got = {k: body[k] for k in self.expected_body(img)}
         if got["error"] is not None:
             got["error"] = {"code": got["error"]["code"], "retryable": got["error"]["retryable"]}
         assert got == self.expected_body(img), (img.name, img.events)
         if img.status == "processing":
-            assert body["progress"] == (img.progress if live else 0.0)
+            assert body["progress"] == img.progress
         else:
             assert body["progress"] is None
         if img.status == "pending":
             assert body["not_before"] is not None
-            if img.retry_window is not None and live:
+            if img.retry_window is not None:
                 low, high = img.retry_window
-                assert self.at(low) <= body["not_before"] < self.at(high)
+                not_before = datetime.fromisoformat(body["not_before"])
+                assert self.time(low) <= not_before < self.time(high)
         else:
             assert body["not_before"] is None
         assert (body["requested_at"] is None) == (img.generation == 0)
