@@ -113,11 +113,27 @@ def cancel_event(img_name: str, current: Status, cancel_requested: bool) -> Even
     return E.CANCELLED
 
 
-def failure_event(attempts: int, max_attempts: int, retryable: bool) -> EventType:
-    """A failed attempt is retried while it is retryable and attempts are left."""
+def failure_event(
+    attempts: int, max_attempts: int, retryable: bool, *, cancel_requested: bool = False
+) -> EventType:
+    """A failed attempt is retried while it is retryable and attempts are left.
+
+    If the client asked to cancel, a retryable failure (or an expired lease)
+    ends in `VideoCancelled` instead: the attempt has stopped, and a retry
+    would run the video the client no longer wants. A failure that is not
+    retryable stays `VideoFailed`, with its error.
+    """
+    if retryable and cancel_requested:
+        return E.CANCELLED
     if retryable and attempts < max_attempts:
         return E.RETRY_SCHEDULED
     return E.FAILED
+
+
+def release_event(cancel_requested: bool) -> EventType:
+    """A worker hands its task back unfinished (shutdown): queued again, unless
+    the client asked to cancel, in which case the stop is the cancel."""
+    return E.CANCELLED if cancel_requested else E.RETRY_SCHEDULED
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:

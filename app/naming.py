@@ -22,7 +22,19 @@ def img_name_problem(name: str) -> str | None:
         return "img_name must not contain control characters"
     if name in (".", ".."):
         return "img_name must not be '.' or '..'"
+    if not _is_unicode(name):
+        return "img_name must be valid Unicode (no lone surrogates)"
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a str with lone surrogates (a JSON "\\ud800" decodes to one):
+    no database can store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_img_name(name: str) -> str:

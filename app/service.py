@@ -460,7 +460,9 @@ class VideoService:
         ).first()
         if (
             lease is None
-            or not secrets.compare_digest(lease.lease_token, token)
+            # Bytes: compare_digest refuses a str with non-ASCII characters,
+            # and a token is whatever the caller sent.
+            or not secrets.compare_digest(lease.lease_token.encode(), token.encode())
             or lease.expires_at <= self.clock()
         ):
             raise LeaseLost(
@@ -547,9 +549,16 @@ class VideoService:
         )
 
     def release_task(self, img_name: str, token: str) -> Json:
-        """Hand a task back (worker shutdown): pending again, due now, no attempt used."""
+        """Hand a task back (worker shutdown): pending again, due now, no attempt used.
+
+        If the client asked to cancel it, the task is cancelled instead.
+        """
 
         def build(row: StatusRow, actor: Actor) -> NewEvent:
+            if lifecycle.release_event(row.cancel_requested) is EventType.CANCELLED:
+                return self._event(
+                    row, img_name, EventType.CANCELLED, {}, actor, reason="cancel requested"
+                )
             data = ev.retry_scheduled(None, self.clock(), row.attempts, released=True)
             return self._event(
                 row, img_name, EventType.RETRY_SCHEDULED, data, actor, reason="worker shutdown"
@@ -558,7 +567,16 @@ class VideoService:
         return self._finish(img_name, token, build)
 
     def _failure_event(self, row: StatusRow, error: Json, actor: Actor) -> NewEvent:
-        kind = lifecycle.failure_event(row.attempts, self.policy.max_attempts, error["retryable"])
+        kind = lifecycle.failure_event(
+            row.attempts,
+            self.policy.max_attempts,
+            error["retryable"],
+            cancel_requested=row.cancel_requested,
+        )
+        if kind is EventType.CANCELLED:
+            return self._event(
+                row, row.img_name, kind, {}, actor, reason="cancel requested; " + error["code"]
+            )
         if kind is EventType.RETRY_SCHEDULED:
             delay = lifecycle.backoff_seconds(
                 row.attempts,

@@ -25,8 +25,15 @@ VideoStatusName = Literal["none", "pending", "processing", "completed", "failed"
 
 
 def _small_params(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(json.dumps(value)) > PARAMS_MAX_BYTES:
+    if value is None:
+        return value
+    if len(json.dumps(value)) > PARAMS_MAX_BYTES:
         raise ValueError(f"params must be at most {PARAMS_MAX_BYTES} bytes of JSON")
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A JSON "\ud800" decodes to a lone surrogate, which no database can store.
+        raise ValueError("params must be valid Unicode (no lone surrogates)") from None
     return value
 
 

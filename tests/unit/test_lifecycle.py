@@ -13,6 +13,7 @@ from app.lifecycle import (
     backoff_seconds,
     cancel_event,
     failure_event,
+    release_event,
     transition,
 )
 
@@ -98,6 +99,25 @@ def test_failure_retries_only_while_attempts_are_left(
     attempts: int, retryable: bool, expected: EventType
 ) -> None:
     assert failure_event(attempts, 3, retryable) is expected
+
+
+@pytest.mark.parametrize(
+    ("attempts", "retryable", "expected"),
+    [
+        (1, True, E.CANCELLED),
+        (3, True, E.CANCELLED),
+        (1, False, E.FAILED),
+    ],
+)
+def test_a_failure_after_a_cancel_request_is_not_retried(
+    attempts: int, retryable: bool, expected: EventType
+) -> None:
+    assert failure_event(attempts, 3, retryable, cancel_requested=True) is expected
+
+
+def test_a_released_task_is_queued_again_unless_a_cancel_was_requested() -> None:
+    assert release_event(False) is E.RETRY_SCHEDULED
+    assert release_event(True) is E.CANCELLED
 
 
 def test_backoff_grows_exponentially_is_capped_and_jittered() -> None:

@@ -48,7 +48,25 @@ _STREAM_DOC = {
             "(the Event JSON of `GET /v1/events` items). Comment lines keep the "
             "connection alive while nothing happens."
         ),
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # Before OpenAPI 3.2's itemSchema, the schema of a text/event-stream
+        # describes one event: its fields, with `data` the Event as JSON text.
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["id", "event", "data"],
+                    "properties": {
+                        "id": {"type": "string", "description": "the event's cursor"},
+                        "event": {"$ref": "#/components/schemas/EventType"},
+                        "data": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/Event"},
+                        },
+                    },
+                }
+            }
+        },
     },
     **responses(401, 403, 422),
 }

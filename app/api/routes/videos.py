@@ -14,6 +14,7 @@ from pydantic import ValidationError as PydanticValidationError
 from app.api.deps import Queries, Reader, Service, Writer, access, actor, queries_of
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
+from app.api.paths import IMG
 from app.api.schemas import (
     BatchStatusIn,
     BatchStatusOut,
@@ -135,7 +136,7 @@ def list_videos(
 
 
 @router.get(
-    "/videos/{img_name:path}/has-video",
+    f"/videos/{IMG}/has-video",
     response_model=HasVideo,
     responses=READ_ERRORS,
     summary="Does this image have a video?",
@@ -147,7 +148,7 @@ def has_video(img_name: str, request: Request) -> Response:
 
 
 @router.get(
-    "/videos/{img_name:path}/content",
+    f"/videos/{IMG}/content",
     response_class=FileResponse,
     responses={
         200: {"content": {"video/mp4": {}}, "description": "the video (Range supported)"},
@@ -192,7 +193,7 @@ def _check_range(header: str | None, size: int) -> None:
 
 
 @router.get(
-    "/videos/{img_name:path}/history",
+    f"/videos/{IMG}/history",
     response_model=HistoryPage,
     responses=READ_ERRORS,
     summary="Every transition of one image, oldest first",
@@ -215,7 +216,7 @@ def _reason(body: ReasonIn | None) -> str | None:
 
 
 @router.post(
-    "/videos/{img_name:path}/cancel",
+    f"/videos/{IMG}/cancel",
     response_model=VideoStatus,
     responses=WRITE_ERRORS,
     summary="Cancel: a pending video at once, a processing one via its worker",
@@ -236,7 +237,7 @@ def cancel_video(
 
 
 @router.post(
-    "/videos/{img_name:path}/retry",
+    f"/videos/{IMG}/retry",
     status_code=202,
     response_model=VideoStatus,
     responses=WRITE_ERRORS,
@@ -262,7 +263,7 @@ def _idem(key: str | None, operation: str, body: Any, status: int) -> Idempotenc
 
 
 @router.get(
-    "/videos/{img_name:path}",
+    f"/videos/{IMG}",
     response_model=VideoStatus,
     responses=READ_ERRORS,
     summary="The status of one image (or as of a version or time)",
@@ -304,7 +305,7 @@ def _as_of(request: Request) -> StatusAsOf:
 
 
 @router.delete(
-    "/videos/{img_name:path}",
+    f"/videos/{IMG}",
     response_model=VideoStatus,
     responses=WRITE_ERRORS,
     summary="Delete a completed, failed or cancelled video",

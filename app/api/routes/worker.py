@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.deps import Service, Worker
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
+from app.api.paths import IMG
 from app.api.schemas import (
     ClaimIn,
     CompleteIn,
@@ -51,7 +52,7 @@ def claim(body: ClaimIn, _: Worker, svc: Service) -> Response:
 
 
 @router.post(
-    "/tasks/{img_name:path}/heartbeat",
+    f"/tasks/{IMG}/heartbeat",
     response_model=HeartbeatOut,
     responses=LEASE_ERRORS,
     summary="Extend the lease, report progress, learn of a cancel request",
@@ -64,7 +65,7 @@ def heartbeat(img_name: str, body: HeartbeatIn, _: Worker, svc: Service) -> Resp
 
 
 @router.post(
-    "/tasks/{img_name:path}/complete",
+    f"/tasks/{IMG}/complete",
     response_model=VideoStatus,
     responses=LEASE_ERRORS,
     summary="Record the finished video",
@@ -78,7 +79,7 @@ def complete(img_name: str, body: CompleteIn, _: Worker, svc: Service) -> Respon
 
 
 @router.post(
-    "/tasks/{img_name:path}/fail",
+    f"/tasks/{IMG}/fail",
     response_model=VideoStatus,
     responses=LEASE_ERRORS,
     summary="Record a failed attempt (retried with backoff if retryable)",
@@ -92,7 +93,7 @@ def fail(img_name: str, body: FailIn, _: Worker, svc: Service) -> Response:
 
 
 @router.post(
-    "/tasks/{img_name:path}/cancelled",
+    f"/tasks/{IMG}/cancelled",
     response_model=VideoStatus,
     responses=LEASE_ERRORS,
     summary="Report that the worker stopped after a cancel request",
@@ -102,7 +103,7 @@ def cancelled(img_name: str, body: LeaseIn, _: Worker, svc: Service) -> Response
 
 
 @router.post(
-    "/tasks/{img_name:path}/release",
+    f"/tasks/{IMG}/release",
     response_model=VideoStatus,
     responses=LEASE_ERRORS,
     summary="Hand a task back unfinished (shutdown); uses no attempt",
