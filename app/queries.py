@@ -23,7 +23,7 @@ from app.errors import ValidationFailed
 from app.events import store
 from app.events.store import FeedFilter
 from app.events.types import Json
-from app.keys import Access
+from app.keys import Access, CheckedRead
 from app.lifecycle import Status
 from app.projections import status as status_projection
 from app.projections.state import ProjectionInfo, describe
@@ -35,7 +35,7 @@ _STATUS_QUERY = select(
     leases.c.progress,
 ).select_from(image_status.outerjoin(leases, leases.c.img_name == image_status.c.img_name))
 #: Built once: building the statement per read cost more than executing it.
-_ONE_STATUS = _STATUS_QUERY.where(image_status.c.img_name == bindparam("img_name"))
+_ONE_STATUS = CheckedRead.of(_STATUS_QUERY.where(image_status.c.img_name == bindparam("img_name")))
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,12 @@ class VideoQueries:
     def status(self, img_name: str, access: Access | None = None) -> Json:
         """The current VideoStatus; an image never seen answers `none`, version 0.
 
-        With `access`, the caller is checked first, on the same connection
-        (raises `Unauthorized` or `Forbidden`). Not in the same statement: a
-        query joining the key to the row cost PostgreSQL more to plan than
-        a second round trip costs.
+        With `access`, the caller is checked in the same statement (raises
+        `Unauthorized` or `Forbidden` before anything is answered): the
+        hottest read is one round trip.
         """
         with self.db.read(replica=True) as conn:
-            _check(conn, access)
-            found = conn.execute(_ONE_STATUS, {"img_name": img_name}).first()
+            found = _ONE_STATUS.run(conn, access, {"img_name": img_name})
         return status_body(_state(found)) if found is not None else _never_seen(img_name)
 
     def status_as_of(
