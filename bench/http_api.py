@@ -24,6 +24,8 @@ from bench.wrk import Load
 IMAGES = 10_000
 SECONDS = 5.0
 WARMUP_SECONDS = 1.0
+#: Rounds of (baseline, project in open mode), alternated.
+ROUNDS = 2
 READ_CONNECTIONS = (16, 64)
 WRITE_CONNECTIONS = 16
 PROBE = "/v1/videos/img1.png"
@@ -58,6 +60,10 @@ def _measure(base: str, headers: dict[str, str] | None = None) -> dict[str, Load
     return out
 
 
+def _mean(runs: list[dict[str, Load]]) -> dict[str, Load]:
+    return {figure: Load.mean([run[figure] for run in runs]) for figure in runs[0]}
+
+
 def _row(figure: str, ours: Load, base: Load, target: str, *, p50: bool = True) -> Row:
     shown = ours.describe() if p50 else f"{ours.rps:,.0f} req/s, p99 {ours.p99_ms:.1f} ms"
     based = base.describe() if p50 else f"{base.rps:,.0f} req/s, p99 {base.p99_ms:.1f} ms"
@@ -77,13 +83,18 @@ def run(report: Report) -> None:
             dataset.load(db, 1, IMAGES + 1)
             u = make_url(url)
             dsn = f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
-            print("  baseline (FastAPI + psycopg2 pool)", flush=True)
-            with serve("bench.baseline_app:app", {"VIDLEDGER_BENCH_DSN": dsn}, PROBE) as base:
-                baseline = _measure(base)
             env = {"VIDLEDGER_BENCH_URL": url}
-            print("  project, open mode", flush=True)
-            with serve("bench.servers:project", env, PROBE) as base:
-                open_mode = _measure(base)
+            # Alternate the two servers, so that a drift in the machine's load
+            # lands on both sides of the ratio; each figure is the mean.
+            baselines, opens = [], []
+            for n in range(1, ROUNDS + 1):
+                print(f"  round {n}: baseline (FastAPI + psycopg2 pool)", flush=True)
+                with serve("bench.baseline_app:app", {"VIDLEDGER_BENCH_DSN": dsn}, PROBE) as base:
+                    baselines.append(_measure(base))
+                print(f"  round {n}: project, open mode", flush=True)
+                with serve("bench.servers:project", env, PROBE) as base:
+                    opens.append(_measure(base))
+            baseline, open_mode = _mean(baselines), _mean(opens)
             # With a key, as any server off loopback runs: one key lookup per request.
             secret = keys.create_key(db, "bench", Role.WRITE, utcnow())
             auth = {"Authorization": f"Bearer {secret}"}

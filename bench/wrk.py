@@ -19,6 +19,17 @@ class Load:
     p99_ms: float
     requests: int
 
+    @classmethod
+    def mean(cls, loads: list[Load]) -> Load:
+        """The mean of several runs of the same load."""
+        n = len(loads)
+        return cls(
+            rps=sum(x.rps for x in loads) / n,
+            p50_ms=sum(x.p50_ms for x in loads) / n,
+            p99_ms=sum(x.p99_ms for x in loads) / n,
+            requests=sum(x.requests for x in loads),
+        )
+
     def describe(self) -> str:
         return f"{self.rps:,.0f} req/s, p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms"
 
