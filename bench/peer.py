@@ -5,7 +5,9 @@ concurrency, on the same PostgreSQL server, measured in the same run."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import make_url
@@ -16,7 +18,7 @@ from app.projections import rebuild
 from app.service import Actor, VideoService
 from bench.pg import scratch_database
 from bench.report import Report, Row
-from bench.writes import run_threads
+from bench.writes import SECONDS, SLICES, run_threads
 
 THREADS = (1, 4)
 POOL = 10
@@ -63,16 +65,25 @@ def run(report: Report) -> None:
             svc = VideoService(db)
             run_id = uuid.uuid4().hex[:6]
             for threads in THREADS:
+                # One name per request across all slices (next() on a count is atomic).
+                numbers = itertools.count()
 
-                def peer_request(t: int, i: int, threads: int = threads) -> None:
-                    peer.request(f"es-{run_id}-{threads}-{t}-{i}.png", "scene")
+                def peer_request(
+                    t: int, i: int, numbers: Iterator[int] = numbers, threads: int = threads
+                ) -> None:
+                    peer.request(f"es-{run_id}-{threads}-{next(numbers)}.png", "scene")
 
-                def our_request(t: int, i: int, threads: int = threads) -> None:
-                    name = f"vl-{run_id}-{threads}-{t}-{i}.png"
+                def our_request(
+                    t: int, i: int, numbers: Iterator[int] = numbers, threads: int = threads
+                ) -> None:
+                    name = f"vl-{run_id}-{threads}-{next(numbers)}.png"
                     svc.request_video(name, "scene", Actor("bench"))
 
-                theirs = run_threads(threads, peer_request)
-                ours = run_threads(threads, our_request)
+                # Alternating slices, as in bench/writes.py: drift hits both sides.
+                theirs = ours = 0.0
+                for _ in range(SLICES):
+                    theirs += run_threads(threads, peer_request, SECONDS / SLICES) / SLICES
+                    ours += run_threads(threads, our_request, SECONDS / SLICES) / SLICES
                 report.add(
                     Row(
                         f"peer: new aggregate + 1 event, {threads} connection(s)",
