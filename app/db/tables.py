@@ -92,8 +92,10 @@ STATUS_TABLE = "image_video_status"
 #: The projection's indexes: the worker's queue, listings, and newest-first.
 STATUS_INDEXES = {
     "video_status_not_before_requested_at": ("video_status", "not_before", "requested_at"),
-    "source_type_video_status": ("source_type", "video_status"),
+    # Listings, newest first, unfiltered / by status / by source type and status.
     "updated_at": ("updated_at",),
+    "video_status_updated_at": ("video_status", "updated_at", "id"),
+    "source_type_video_status_updated_at": ("source_type", "video_status", "updated_at", "id"),
 }
 
 
