@@ -17,9 +17,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Row, Select, bindparam, insert, literal, select, true, update
+from sqlalchemy import Connection, Select, bindparam, insert, literal_column, select, true, update
 from sqlalchemy.exc import IntegrityError
 
+from app.db.dialect import DriverStatement
 from app.db.engine import Database
 from app.db.tables import api_keys
 from app.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
@@ -236,22 +237,23 @@ class CheckedRead:
     """A read of at most one row that also fetches what checking its caller
     needs, so that an authorized read is one statement and one round trip.
 
-    Built once per read statement (building statements per request costs
-    more than running them). The read's first column must be NOT NULL: a
-    NULL there means the read found no row.
+    Built once per read statement, and run on the driver's cursor
+    (`DriverStatement`): for the hottest read, SQLAlchemy's execution
+    machinery cost more than the query. The read's first column must be
+    NOT NULL: a NULL there means the read found no row.
     """
 
-    plain: Select[Any]
+    plain: DriverStatement
     #: The read, joined to the row of the caller's key prefix.
-    by_key: Select[Any]
+    by_key: DriverStatement
     #: The read, with whether any key exists (open mode on loopback).
-    open_mode: Select[Any]
+    open_mode: DriverStatement
 
     @classmethod
     def of(cls, read: Select[Any]) -> CheckedRead:
         found = read.subquery("read")
         # One row always: the key's (or NULLs), and the read's (or NULLs).
-        one = select(literal(1).label("one")).subquery("one")
+        one = select(literal_column("1").label("one")).subquery("one")
         by_key = select(*[api_keys.c[c] for c in _KEY_COLUMNS], *found.c).select_from(
             one.outerjoin(api_keys, api_keys.c.prefix == bindparam("key_prefix")).outerjoin(
                 found, true()
@@ -259,7 +261,7 @@ class CheckedRead:
         )
         any_key = select(api_keys.c.id).exists().label("any_key")
         open_mode = select(any_key, *found.c).select_from(one.outerjoin(found, true()))
-        return cls(read, by_key, open_mode)
+        return cls(DriverStatement(read), DriverStatement(by_key), DriverStatement(open_mode))
 
     def run(
         self, conn: Connection, access: Access | None, params: dict[str, Any]
@@ -267,14 +269,14 @@ class CheckedRead:
         """The read's row, or None; raises `Unauthorized` or `Forbidden` first
         when `access` is given and not satisfied."""
         if access is None:
-            return conn.execute(self.plain, params).first()
+            return _first(self.plain.run(conn, params))
         gate, secret = access.gate, access.secret
-        got: Row[Any] | None = None
+        got: Sequence[Any] | None = None
         if secret is None:
 
             def any_key() -> bool:
                 nonlocal got
-                got = conn.execute(self.open_mode, params).one()
+                got = self.open_mode.run(conn, params)[0]
                 return bool(got[0])
 
             principal = gate.anonymous(any_key)
@@ -282,12 +284,16 @@ class CheckedRead:
         else:
             prefix = _prefix(secret)
             if prefix is not None:
-                got = conn.execute(self.by_key, {**params, "key_prefix": prefix}).one()
+                got = self.by_key.run(conn, {**params, "key_prefix": prefix})[0]
             skip = len(_KEY_COLUMNS)
             key = got[:skip] if got is not None and got[0] is not None else None
             principal = gate.known(_principal(secret, key))
         principal.require(access.permission)
         if got is None:  # open mode already known, or a malformed key (refused above)
-            return conn.execute(self.plain, params).first()
+            return _first(self.plain.run(conn, params))
         row = got[skip:]
         return row if row[0] is not None else None
+
+
+def _first(rows: Sequence[Sequence[Any]]) -> Sequence[Any] | None:
+    return rows[0] if rows else None

@@ -229,8 +229,10 @@ class DriverStatement:
     between clients per transaction (PgBouncer's transaction mode) would
     need its prepared-statement support turned on.
 
-    Only on PostgreSQL, inside a transaction (the writer's); anywhere else
-    `run` is plain `Connection.execute`.
+    Only on PostgreSQL, inside a transaction (the writer's) or on an
+    autocommit connection (the reader's); anywhere else `run` is plain
+    `Connection.execute`. A read is never to be prepared: it too can wait
+    behind a rebuild's swap, with a snapshot taken before it (see above).
     """
 
     def __init__(self, statement: Select[Any] | Insert, *, prepare: bool = False) -> None:
@@ -240,7 +242,7 @@ class DriverStatement:
 
     def run(self, conn: Connection, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
         """Execute with `params`; the rows it returns (none for plain DML)."""
-        if conn.dialect.name != "postgresql" or not conn.in_transaction():
+        if conn.dialect.name != "postgresql" or not (conn.in_transaction() or _autocommit(conn)):
             result = conn.execute(self.statement, params)
             return result.all() if result.returns_rows else []
         compiled = self._compiled or self._compile(conn.dialect)
@@ -311,6 +313,11 @@ class DriverStatement:
         ]
         self._compiled.result_processors = processors
         return processors
+
+
+def _autocommit(conn: Connection) -> bool:
+    """Whether psycopg2 runs each statement on its own (the reader engine)."""
+    return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
 
 
 #: The key, in a pooled connection's `info`, of the statements it has prepared.
