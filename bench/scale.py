@@ -15,14 +15,15 @@ import random
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg2
-from sqlalchemy import Engine, event, make_url
+from sqlalchemy import Connection, Engine, event, make_url
 
 from app.db import migrate
+from app.db.dialect import DriverStatement
 from app.db.engine import Database, open_database
 from app.keys import Access, Gate
 from app.lifecycle import Status
@@ -73,12 +74,24 @@ def _captured(db: Database) -> Iterator[list[tuple[str, Any]]]:
     def capture(_c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, _many: bool) -> None:
         seen.append((statement, params))
 
+    # Statements run on the driver's cursor skip SQLAlchemy's events: record
+    # those as they are sent, too.
+    run = DriverStatement.run
+
+    def run_and_capture(
+        self: DriverStatement, conn: Connection, params: Mapping[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        seen.append((self.sql(conn.dialect), dict(params)))
+        return run(self, conn, params)
+
     engines: list[Engine] = [db.reader, db.writer]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", capture)
+    DriverStatement.run = run_and_capture  # type: ignore[method-assign]
     try:
         yield seen
     finally:
+        DriverStatement.run = run  # type: ignore[method-assign]
         for engine in engines:
             event.remove(engine, "before_cursor_execute", capture)
 

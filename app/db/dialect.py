@@ -273,6 +273,10 @@ class DriverStatement:
             for row in rows
         ]
 
+    def sql(self, dialect: Dialect) -> str:
+        """The SQL this statement sends, with the driver's `%(name)s` placeholders."""
+        return (self._compiled or self._compile(dialect)).sql
+
     def _compile(self, dialect: Dialect) -> _Compiled:
         compiled = self.statement.compile(dialect=dialect)
         if not all(param.required for param in compiled.binds.values()):
