@@ -18,7 +18,7 @@ from app.projections import rebuild
 from app.service import Actor, VideoService
 from bench.pg import scratch_database
 from bench.report import Report, Row
-from bench.writes import SECONDS, SLICES, run_threads
+from bench.writes import alternating
 
 THREADS = (1, 4)
 POOL = 10
@@ -79,11 +79,7 @@ def run(report: Report) -> None:
                     name = f"vl-{run_id}-{threads}-{next(numbers)}.png"
                     svc.request_video(name, "scene", Actor("bench"))
 
-                # Alternating slices, as in bench/writes.py: drift hits both sides.
-                theirs = ours = 0.0
-                for _ in range(SLICES):
-                    theirs += run_threads(threads, peer_request, SECONDS / SLICES) / SLICES
-                    ours += run_threads(threads, our_request, SECONDS / SLICES) / SLICES
+                theirs, ours = alternating(threads, peer_request, our_request)
                 report.add(
                     Row(
                         f"peer: new aggregate + 1 event, {threads} connection(s)",

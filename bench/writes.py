@@ -4,6 +4,7 @@ psycopg2 doing the same INSERT and upsert in one commit each."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -70,6 +71,17 @@ def run_threads(threads: int, work: object, seconds: float = SECONDS) -> float:
     return sum(counts) / (time.perf_counter() - started)
 
 
+def alternating(threads: int, first: object, second: object) -> tuple[float, float]:
+    """Requests per second of `first` and of `second`, each over SECONDS in
+    SLICES slices, the two alternating: drift in the machine's load lands on
+    both sides of their ratio."""
+    a = b = 0.0
+    for _ in range(SLICES):
+        a += run_threads(threads, first, SECONDS / SLICES) / SLICES
+        b += run_threads(threads, second, SECONDS / SLICES) / SLICES
+    return a, b
+
+
 def run(report: Report) -> None:
     print("request throughput: service vs raw psycopg2 (PostgreSQL)", flush=True)
     with scratch_database() as url:
@@ -81,7 +93,8 @@ def run(report: Report) -> None:
         dsn = f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
         raw = [psycopg2.connect(dsn) for _ in range(8)]
         run_id = uuid.uuid4().hex[:6]
-        phase = [0]  # new image names in every measurement: each request is a first one
+        # A new image name for every request (next() on a count is atomic).
+        numbers = itertools.count()
         data = psycopg2.extras.Json(
             {
                 "source_type": "scene",
@@ -93,7 +106,7 @@ def run(report: Report) -> None:
 
         def raw_request(t: int, i: int) -> None:
             conn = raw[t]
-            name = f"raw-{run_id}-{phase[0]}-{t}-{i}.png"
+            name = f"raw-{run_id}-{next(numbers)}.png"
             with conn.cursor() as cur:
                 cur.execute(RAW_EVENT, (str(uuid.uuid4()), name, data))
                 position, at = cur.fetchone()  # type: ignore[misc]
@@ -101,15 +114,11 @@ def run(report: Report) -> None:
             conn.commit()
 
         def service_request(t: int, i: int) -> None:
-            svc.request_video(f"svc-{run_id}-{phase[0]}-{t}-{i}.png", "scene", Actor("bench"))
+            svc.request_video(f"svc-{run_id}-{next(numbers)}.png", "scene", Actor("bench"))
 
         try:
             for threads in (1, 4, 8):
-                base = ours = 0.0
-                for _ in range(SLICES):
-                    phase[0] += 1
-                    base += run_threads(threads, raw_request, SECONDS / SLICES) / SLICES
-                    ours += run_threads(threads, service_request, SECONDS / SLICES) / SLICES
+                base, ours = alternating(threads, raw_request, service_request)
                 report.add(
                     Row(
                         f"request_video, {threads} connection(s)",

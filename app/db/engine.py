@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -91,41 +92,28 @@ def open_database(
     For a SQLite file the parent folder is created, so the embedded default
     needs nothing by hand.
     """
-    if ensure_sqlite_folder(url):
-        writer = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=0)
-    else:
-        # No rollback when a writer connection goes back to the pool: every
-        # one is handed out by `begin()` (here or in `dialect.snapshot`), whose
-        # Connection has already committed or rolled back, and a Connection
-        # closed mid-transaction rolls back itself. The pool's extra rollback
-        # was a few percent of a command's Python under the GIL (issue 5).
-        writer = create_engine(
-            url,
-            echo=echo,
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_timeout=10,
-            pool_reset_on_return=None,
-        )
-    configure_engine(writer, writer=True)
     return Database(
-        writer=writer,
-        reader=_reader(url, pool_size, echo),
-        replica=_reader(replica_url, pool_size, echo) if replica_url is not None else None,
+        writer=_engine(url, pool_size, echo, writer=True),
+        reader=_engine(url, pool_size, echo, writer=False),
+        replica=_engine(replica_url, pool_size, echo, writer=False) if replica_url else None,
     )
 
 
-def _reader(url: str, pool_size: int, echo: bool) -> Engine:
-    if ensure_sqlite_folder(url):
-        reader = create_engine(url, echo=echo, pool_size=pool_size, max_overflow=0)
-    else:
-        reader = create_engine(
-            url,
-            echo=echo,
-            pool_size=pool_size,
-            max_overflow=0,
-            pool_timeout=10,
-            isolation_level="AUTOCOMMIT",
-        )
-    configure_engine(reader, writer=False)
-    return reader
+def _engine(url: str, pool_size: int, echo: bool, *, writer: bool) -> Engine:
+    """A writer's or a reader's engine; on PostgreSQL readers run in autocommit."""
+    options: dict[str, Any] = {"echo": echo, "pool_size": pool_size, "max_overflow": 0}
+    if not ensure_sqlite_folder(url):
+        options["pool_timeout"] = 10
+        if writer:
+            # No rollback when a writer connection goes back to the pool:
+            # every one is handed out by `begin()` (here or in
+            # `dialect.snapshot`), whose Connection has already committed or
+            # rolled back, and a Connection closed mid-transaction rolls back
+            # itself. The pool's extra rollback was a few percent of a
+            # command's Python under the GIL (issue 5).
+            options["pool_reset_on_return"] = None
+        else:
+            options["isolation_level"] = "AUTOCOMMIT"
+    engine = create_engine(url, **options)
+    configure_engine(engine, writer=writer)
+    return engine
