@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install run test lint format bench clean chromium
+.PHONY: install run test soak lint format bench clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ run: install
 
 test: install chromium
 	$(BIN)/pytest
+
+# The randomized history test (tests/integration/test_history.py) for as
+# long as asked, on PostgreSQL: `make soak SECONDS=600`. It prints its counts.
+SECONDS ?= 60
+soak: install
+	VIDLEDGER_HISTORY_SECONDS=$(SECONDS) $(BIN)/pytest -p no:cacheprovider -s \
+	    tests/integration/test_history.py -k postgresql
 
 # The browser tests drive Debian's Chromium (never a downloaded build). Install
 # it when it is missing and apt-get is usable (root); otherwise those tests skip,

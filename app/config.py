@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(1, ge=1, le=64)
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=3600)
     task_timeout_seconds: float = Field(600.0, gt=0, le=86_400)
+    #: How often the reaper looks for expired leases.
+    reap_interval_seconds: float = Field(5.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     cors_origins: list[str] = Field(default_factory=list)

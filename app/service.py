@@ -222,11 +222,14 @@ class VideoService:
         """
 
         def work(conn: Connection) -> Answer:
+            # The row lock first (the lock order), then the replay check: a
+            # twin request with the same key that waited behind this lock
+            # finds the first one's answer.
+            current = projector.load_current(conn, img_name)
             if idem is not None:
                 replay = self._replay(conn, img_name, idem)
                 if replay is not None:
                     return replay
-            current = projector.load_current(conn, img_name)
             row = current.row
             decision = decide(row)
             if decision is not None:
@@ -406,6 +409,8 @@ class VideoService:
             )
             if source_types:
                 query = query.where(dialect.in_list(conn, image_status.c.source_type, source_types))
+            # The row lock is the first one taken here too (the lock order);
+            # load_current below reads the row this already holds.
             img_name = conn.execute(dialect.skip_locked(conn, query)).scalar()
             if img_name is None:
                 return None
@@ -453,6 +458,7 @@ class VideoService:
         """The row of a task whose lease `token` is still current (as read, and
         as a row), and the worker that holds it. Raises `LeaseLost` otherwise
         (fencing)."""
+        current = projector.load_current(conn, img_name)  # the lock order: row first
         lease = conn.execute(
             select(leases.c.lease_token, leases.c.expires_at, leases.c.worker_id).where(
                 leases.c.img_name == img_name
@@ -469,7 +475,6 @@ class VideoService:
                 f"the lease on {img_name!r} is no longer yours; nothing was recorded",
                 img_name=img_name,
             )
-        current = projector.load_current(conn, img_name)
         row = current.row
         if row is None or row.video_status is not Status.PROCESSING:
             raise LeaseLost(f"{img_name!r} is no longer processing", img_name=img_name)
@@ -612,6 +617,7 @@ class VideoService:
         for img_name, token in expired:
 
             def work(conn: Connection, img_name: str = img_name, token: str = token) -> bool:
+                current = projector.load_current(conn, img_name)  # the lock order: row first
                 lease = conn.execute(
                     select(leases.c.lease_token, leases.c.expires_at).where(
                         leases.c.img_name == img_name
@@ -619,7 +625,6 @@ class VideoService:
                 ).first()
                 if lease is None or lease.lease_token != token or lease.expires_at > self.clock():
                     return False
-                current = projector.load_current(conn, img_name)
                 row = current.row
                 if row is not None and row.video_status is Status.PROCESSING:
                     if row.cancel_requested:

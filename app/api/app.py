@@ -111,7 +111,9 @@ def create_app(
             worker_load[0] = lambda: (embedded.worker.busy(), embedded.worker.config.concurrency)
         elif run_reaper:
             threading.Thread(
-                target=reaper_loop, args=(LocalBackend(service), stop), daemon=True
+                target=reaper_loop,
+                args=(LocalBackend(service), stop, settings.reap_interval_seconds),
+                daemon=True,
             ).start()
         yield
         stop.set()

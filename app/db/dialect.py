@@ -94,17 +94,19 @@ def clock(on_postgres: bool) -> ColumnElement[Any]:
     return func.strftime("%Y-%m-%d %H:%M:%f", "now")
 
 
-def transaction_clock(on_postgres: bool) -> ColumnElement[datetime] | None:
-    """The database clock as one value for the whole transaction, or None
-    where there is no such clock.
+def locked_clock(on_postgres: bool) -> ColumnElement[datetime] | None:
+    """The database clock as a command reads it with its locked row, or None
+    where appends are not fused with their projection.
 
-    PostgreSQL's `now()` is the transaction's start: read with a command's
-    row, it is the `recorded_at` of every event that the command appends, so
-    the projected row can be folded before the append (see
-    `insert_then_upsert`). SQLite's clock moves from statement to statement.
+    PostgreSQL: `clock_timestamp()`, the time of reading, not of the
+    transaction's start: a command that waited for another's row lock must
+    record its event after that other's. The command's event is recorded at
+    this time (bound into the append), so the projected row can be folded
+    before the append (see `insert_then_upsert`). SQLite's appends take the
+    clock of their own statement.
     """
     if on_postgres:
-        return type_coerce(func.now(), UTCDateTime())
+        return type_coerce(func.clock_timestamp(), UTCDateTime())
     return None
 
 
@@ -512,6 +514,16 @@ def configure_engine(engine: Engine, *, writer: bool) -> None:
 #: SQLSTATEs of a server that is going away or not taking connections yet:
 #: admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
 _UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+#: SQLSTATEs of a transaction that lost a race: serialization_failure, deadlock_detected.
+_LOST_RACE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def is_lost_race(exc: DBAPIError) -> bool:
+    """True when the database rolled the transaction back to break a deadlock
+    or a serialization conflict: trying it again may succeed."""
+    return getattr(exc.orig, "pgcode", None) in _LOST_RACE_SQLSTATES
 
 
 def is_unavailable(exc: DBAPIError) -> bool:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.db import dialect
 from app.db.dialect import configure_engine
-from app.errors import Unavailable
+from app.errors import ConcurrencyConflict, Unavailable
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,12 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """One write transaction; commits on success, rolls back on error."""
-        with _unavailable_on_disconnect(), self.writer.begin() as conn:
+        """One write transaction; commits on success, rolls back on error.
+
+        A deadlock or serialization failure is a lost race, raised as
+        `ConcurrencyConflict` like any other: the command is decided again.
+        """
+        with _unavailable_on_disconnect(), _conflict_on_lost_race(), self.writer.begin() as conn:
             yield conn
 
     @contextmanager
@@ -70,6 +74,16 @@ def _unavailable_on_disconnect() -> Iterator[None]:
     except DBAPIError as exc:
         if dialect.is_unavailable(exc):
             raise Unavailable("the database is unavailable; try again shortly") from exc
+        raise
+
+
+@contextmanager
+def _conflict_on_lost_race() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        if dialect.is_lost_race(exc):
+            raise ConcurrencyConflict(f"lost a race: {type(exc.orig).__name__}") from exc
         raise
 
 

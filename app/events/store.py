@@ -75,7 +75,7 @@ def append(
 
 def pending(img_name: str, version: int, ev: NewEvent, recorded_at: datetime) -> RecordedEvent:
     """`ev` as it will be recorded at `version` by a transaction whose database
-    clock reads `recorded_at` (see `dialect.transaction_clock`).
+    clock read `recorded_at` with its locked row (see `dialect.locked_clock`).
 
     Its position (0 here) and tx_id (None) are known only once it is
     appended with `append_projected`, which returns them.
@@ -103,14 +103,11 @@ def append_projected(
     stmt = _append_projected_statement(conn.dialect.name)
     assert stmt is not None, "append_projected needs a database that can fuse the two"
     params = _values(event.img_name, event.version, event)
+    params["recorded_at"] = event.recorded_at
     for name, value in row.items():
         params[PROJECTED_PREFIX + name] = value
     with _conflict_on_version(event.img_name, event.version - 1):
         ((position, recorded_at, tx_id),) = stmt.run(conn, params)
-    if recorded_at != event.recorded_at:
-        # The row was folded with the clock read earlier in this transaction;
-        # a clock that moved would leave it disagreeing with the log.
-        raise RuntimeError("the database clock moved within a transaction")
     return _recorded(event.img_name, event.version, event, position, recorded_at, tx_id)
 
 
@@ -197,10 +194,17 @@ def _append_statement(dialect_name: str) -> dialect.DriverStatement:
     return dialect.DriverStatement(_append_insert(dialect_name), prepare=True)
 
 
-def _append_insert(dialect_name: str) -> Insert:
+def _append_insert(dialect_name: str, *, clock_bound: bool = False) -> Insert:
+    """The INSERT … RETURNING of one event; `clock_bound`: its `recorded_at`
+    is a parameter (a database clock the caller read), else the database's
+    clock at the insert."""
     on_postgres = dialect_name == "postgresql"
     values: dict[str, Any] = {name: bindparam(name) for name in APPENDED_COLUMNS}
-    values["recorded_at"] = dialect.clock(on_postgres)
+    values["recorded_at"] = (
+        bindparam("recorded_at", type_=events.c.recorded_at.type)
+        if clock_bound
+        else dialect.clock(on_postgres)
+    )
     tx_id = dialect.transaction_id(on_postgres)
     if tx_id is not None:
         values["tx_id"] = tx_id
@@ -228,7 +232,7 @@ def _append_projected_statement(dialect_name: str) -> dialect.DriverStatement | 
     the database cannot), built once per dialect."""
     return dialect.insert_then_upsert(
         dialect_name,
-        _append_insert(dialect_name),
+        _append_insert(dialect_name, clock_bound=True),
         image_status,
         [c.name for c in image_status.columns if not c.primary_key],
         "img_name",

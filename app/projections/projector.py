@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, bindparam, literal_column, select, true
 
 from app.db import dialect
 from app.db.tables import image_status, projection_state
@@ -32,9 +32,9 @@ class Current:
     img_name: str
     #: None before the image's first event.
     row: StatusRow | None
-    #: The database clock for the whole transaction, where it has one
-    #: (`dialect.transaction_clock`): every event appended in this
-    #: transaction is recorded at this time. None elsewhere.
+    #: The database clock read once the row was locked, where the database
+    #: can fuse an append with its projection (`dialect.transaction_clock`):
+    #: the event this command appends is recorded at this time. None elsewhere.
     clock: datetime | None
 
     @property
@@ -49,27 +49,52 @@ def load(conn: Connection, img_name: str) -> StatusRow | None:
 
 
 def load_current(conn: Connection, img_name: str) -> Current:
-    """`load`, plus the transaction's clock where the database has one (one round trip)."""
-    stmt = _load_with_clock(conn.dialect.name)
+    """Lock the image's status row until commit and read it (one round trip).
+
+    This is the lock order (README, "Design notes"): every command that
+    writes anything about an image calls this first, before it touches the
+    log, the idempotency keys or the leases. Commands on one image then
+    queue on this row lock instead of meeting in two orders (a row lock and
+    the log's UNIQUE(img_name, version) entry), which deadlocked. An image
+    without a row has nothing to lock: two first writers meet at the log's
+    unique index, and the loser gets `ConcurrencyConflict`.
+
+    On SQLite the write transaction (BEGIN IMMEDIATE) already excludes
+    every other writer, and FOR UPDATE compiles to nothing.
+    """
+    stmt = _lock_with_clock(conn.dialect.name)
     if stmt is None:
-        return Current(img_name, load(conn, img_name), None)
+        found = _LOCK.run(conn, {"img_name": img_name})
+        return Current(img_name, row_from_values(found[0]) if found else None, None)
     ((*values, clock),) = stmt.run(conn, {"img_name": img_name})
     # The outer join leaves every column NULL when the image has no row.
     row = row_from_values(values) if values[0] is not None else None
     return Current(img_name, row, clock)
 
 
+_LOCK = dialect.DriverStatement(
+    select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name")).with_for_update()
+)
+
+
 @functools.lru_cache(maxsize=4)
-def _load_with_clock(dialect_name: str) -> dialect.DriverStatement | None:
-    """SELECT clock, then the row's columns, outer-joined so that the clock
-    comes back for an image without a row too (None where there is no
-    transaction clock)."""
-    clock = dialect.transaction_clock(dialect_name == "postgresql")
+def _lock_with_clock(dialect_name: str) -> dialect.DriverStatement | None:
+    """The locked row, outer-joined so that a clock comes back for an image
+    without a row too (None where there is no such clock).
+
+    The clock is read after the lock was granted (the outer SELECT's
+    target list is computed from the joined row), so an event appended by a
+    command that queued behind another on this row is recorded after it:
+    `recorded_at` follows the stream's versions.
+    """
+    clock = dialect.locked_clock(dialect_name == "postgresql")
     if clock is None:
         return None
-    tx = select(clock.label("clock")).subquery("tx")
-    found = tx.outerjoin(image_status, image_status.c.img_name == bindparam("img_name"))
-    return dialect.DriverStatement(select(*_ROW_COLUMNS, tx.c.clock).select_from(found))
+    locked = select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name"))
+    locked_row = locked.with_for_update().lateral("locked")
+    one = select(literal_column("1").label("one")).subquery("tx")
+    found = one.outerjoin(locked_row, true())
+    return dialect.DriverStatement(select(*locked_row.c, clock.label("clock")).select_from(found))
 
 
 def append(

@@ -55,6 +55,7 @@ def build_worker(
         source_types=source_types,
         grace_seconds=settings.shutdown_grace_seconds,
         task_timeout_seconds=settings.task_timeout_seconds,
+        reap_seconds=settings.reap_interval_seconds,
     )
     return Worker(backend, get_generator(settings.generator), config, wake=wake)
 
