@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import Connection, Select, bindparam, insert, literal_column, select, true, update
 from sqlalchemy.exc import IntegrityError
 
-from app.db.dialect import DriverStatement
 from app.db.engine import Database
+from app.db.statement import Statement
 from app.db.tables import api_keys
 from app.errors import Forbidden, NotFound, Unauthorized, ValidationFailed
 
@@ -238,16 +238,16 @@ class CheckedRead:
     needs, so that an authorized read is one statement and one round trip.
 
     Built once per read statement, and run on the driver's cursor
-    (`DriverStatement`): for the hottest read, SQLAlchemy's execution
+    (`Statement`): for the hottest read, SQLAlchemy's execution
     machinery cost more than the query. The read's first column must be
     NOT NULL: a NULL there means the read found no row.
     """
 
-    plain: DriverStatement
+    plain: Statement
     #: The read, joined to the row of the caller's key prefix.
-    by_key: DriverStatement
+    by_key: Statement
     #: The read, with whether any key exists (open mode on loopback).
-    open_mode: DriverStatement
+    open_mode: Statement
 
     @classmethod
     def of(cls, read: Select[Any]) -> CheckedRead:
@@ -261,7 +261,7 @@ class CheckedRead:
         )
         any_key = select(api_keys.c.id).exists().label("any_key")
         open_mode = select(any_key, *found.c).select_from(one.outerjoin(found, true()))
-        return cls(DriverStatement(read), DriverStatement(by_key), DriverStatement(open_mode))
+        return cls(Statement(read), Statement(by_key), Statement(open_mode))
 
     def run(
         self, conn: Connection, access: Access | None, params: dict[str, Any]

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
-from app.db import dialect
+from app.db.backend import backend_of
 from app.db.engine import Database
 from app.db.tables import events, image_status, leases
 from app.errors import ValidationFailed
@@ -119,7 +119,7 @@ class VideoQueries:
         with self.db.read(replica=True) as conn:
             _check(conn, access)
             rows = conn.execute(
-                _STATUS_QUERY.where(dialect.in_list(conn, image_status.c.img_name, wanted))
+                _STATUS_QUERY.where(backend_of(conn).in_list(image_status.c.img_name, wanted))
             ).all()  # one fetchall, not a fetchone per row
         found = {r.img_name: status_body(_state(r)) for r in rows}
         return [found.get(name) or _never_seen(name) for name in img_names]
@@ -200,14 +200,14 @@ class VideoQueries:
         with self.db.read() as conn:
             if tail:
                 page = store.read_tail(conn, limit=limit, filters=filters)
-                return Page([event_body(e, store.cursor_of(e)) for e in page.events], page.cursor)
-            try:
-                page = store.read_all(conn, after=after, limit=limit, filters=filters)
-            except ValueError as exc:
-                raise ValidationFailed(
-                    "cursor is not one this feed gave out", field="after"
-                ) from exc
-        items = [event_body(e, store.cursor_of(e)) for e in page.events]
+            else:
+                try:
+                    page = store.read_all(conn, after=after, limit=limit, filters=filters)
+                except ValueError as exc:
+                    raise ValidationFailed(
+                        "cursor is not one this feed gave out", field="after"
+                    ) from exc
+            items = [event_body(e, store.cursor_of(conn, e)) for e in page.events]
         return Page(items=items, next_cursor=page.cursor)
 
     def stats(self, now: datetime) -> Json:
@@ -249,7 +249,7 @@ class VideoQueries:
         """Events committed but not yet visible to feed readers, and the age
         in seconds of the oldest of them (0 when none is held back)."""
         with self.db.read() as conn:
-            hidden = dialect.feed_hidden(conn, events)
+            hidden = backend_of(conn).feed_hidden(events)
             if hidden is None:
                 return 0, 0.0
             count, oldest = conn.execute(

@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, delete, select, update
 
 from app import lifecycle
-from app.db import dialect
 from app.db.engine import Database
 from app.db.tables import idempotency_keys, image_status, leases
 from app.errors import (
@@ -287,7 +286,7 @@ class VideoService:
         }
         # Upsert: an expired record under the same key is replaced. A live one
         # cannot be here, since _replay ran first in this transaction.
-        dialect.upsert(conn, idempotency_keys, values, key=["img_name", "key"])
+        self.db.backend.upsert(conn, idempotency_keys, values, key=["img_name", "key"])
 
     @staticmethod
     def _progress(conn: Connection, row: StatusRow) -> float | None:
@@ -398,6 +397,8 @@ class VideoService:
         seconds = lease_seconds or self.policy.lease_seconds
         actor = Actor(f"worker:{worker_id}")
 
+        backend = self.db.backend
+
         def work(conn: Connection) -> Task | None:
             now = self.clock()
             query = (
@@ -408,10 +409,10 @@ class VideoService:
                 .limit(1)
             )
             if source_types:
-                query = query.where(dialect.in_list(conn, image_status.c.source_type, source_types))
+                query = query.where(backend.in_list(image_status.c.source_type, source_types))
             # The row lock is the first one taken here too (the lock order);
             # load_current below reads the row this already holds.
-            img_name = conn.execute(dialect.skip_locked(conn, query)).scalar()
+            img_name = conn.execute(backend.claim_due(query)).scalar()
             if img_name is None:
                 return None
             current = projector.load_current(conn, img_name)
@@ -438,7 +439,7 @@ class VideoService:
                 "heartbeat_at": None,
                 "progress": 0.0,
             }
-            dialect.upsert(conn, leases, lease, key="img_name")
+            backend.upsert(conn, leases, lease, key="img_name")
             return Task(
                 img_name=img_name,
                 source_type=row.source_type,

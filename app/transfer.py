@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from sqlalchemy import Connection, func, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
-from app.db import dialect
+from app.db.backend import backend_of
 from app.db.engine import Database
 from app.db.tables import events
 from app.errors import ValidationFailed
@@ -88,10 +88,10 @@ def export_events(
 def _write(db: Database, file: TextIO, progress: Progress | None, batch: int) -> int:
     with db.snapshot() as conn:
         total = int(conn.execute(select(func.count()).select_from(events)).scalar_one())
-        file.write(header_line(total, "postgresql" if db.is_postgres else "sqlite"))
+        file.write(header_line(total, db.backend.name))
         # Every row the snapshot sees is committed, so the whole table in feed
         # order is a complete, gap-free prefix of the feed.
-        query = select(*EVENT_COLUMNS).order_by(*dialect.feed_order(conn, events))
+        query = select(*EVENT_COLUMNS).order_by(*backend_of(conn).feed_order(events))
         written = 0
         rows = conn.execution_options(yield_per=batch).execute(query)
         for row in counted(rows, progress):
@@ -243,7 +243,7 @@ def _current_tx_id(conn: Connection) -> int | None:
     Selected once per batch and bound as a value: the same for every row of
     the transaction, as `store.append` would write it.
     """
-    expr = dialect.tx_id_expr(conn)
+    expr = backend_of(conn).transaction_id()
     if expr is None:
         return None
     return int(conn.execute(select(expr)).scalar_one())

@@ -14,14 +14,14 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from app.db import dialect
+from app.db.copy_text import COPY_NULL
 from app.db.engine import Database
 from app.db.tables import image_status, leases
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 CHUNK = 100_000
 SOURCES = ("role_card", "scene", "upload")
-N = dialect.COPY_NULL
+N = COPY_NULL
 
 STATUS_COLUMNS = [
     "img_name",
@@ -124,8 +124,8 @@ def load(db: Database, start: int, stop: int) -> float:
     began = time.perf_counter()
     for chunk in _chunks(start, stop):
         with db.write() as conn:
-            dialect.copy_in(conn, image_status, STATUS_COLUMNS, (_status_line(i) for i in chunk))
-            dialect.copy_in(
+            db.backend.copy_in(conn, image_status, STATUS_COLUMNS, (_status_line(i) for i in chunk))
+            db.backend.copy_in(
                 conn, leases, LEASE_COLUMNS, (_lease_line(i) for i in chunk if i % 100 == 80)
             )
     with db.write() as conn:

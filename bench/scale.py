@@ -23,8 +23,8 @@ import psycopg2
 from sqlalchemy import Connection, Engine, event, make_url
 
 from app.db import migrate
-from app.db.dialect import DriverStatement
 from app.db.engine import Database, open_database
+from app.db.statement import Statement
 from app.keys import Access, Gate
 from app.lifecycle import Status
 from app.projections import rebuild
@@ -76,10 +76,10 @@ def _captured(db: Database) -> Iterator[list[tuple[str, Any]]]:
 
     # Statements run on the driver's cursor skip SQLAlchemy's events: record
     # those as they are sent, too.
-    run = DriverStatement.run
+    run = Statement.run
 
     def run_and_capture(
-        self: DriverStatement, conn: Connection, params: Mapping[str, Any]
+        self: Statement, conn: Connection, params: Mapping[str, Any]
     ) -> Sequence[Sequence[Any]]:
         seen.append((self.sql(conn.dialect), dict(params)))
         return run(self, conn, params)
@@ -87,11 +87,11 @@ def _captured(db: Database) -> Iterator[list[tuple[str, Any]]]:
     engines: list[Engine] = [db.reader, db.writer]
     for engine in engines:
         event.listen(engine, "before_cursor_execute", capture)
-    DriverStatement.run = run_and_capture  # type: ignore[method-assign]
+    Statement.run = run_and_capture  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        DriverStatement.run = run  # type: ignore[method-assign]
+        Statement.run = run  # type: ignore[method-assign]
         for engine in engines:
             event.remove(engine, "before_cursor_execute", capture)
 

@@ -17,8 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from app.db import dialect
-from app.db.dialect import configure_engine
+from app.db.backend import Backend, backend_of
 from app.errors import ConcurrencyConflict, Unavailable
 
 
@@ -30,8 +29,8 @@ class Database:
     replica: Engine | None = None
 
     @property
-    def is_postgres(self) -> bool:
-        return self.writer.dialect.name == "postgresql"
+    def backend(self) -> Backend:
+        return backend_of(self.writer)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -40,7 +39,12 @@ class Database:
         A deadlock or serialization failure is a lost race, raised as
         `ConcurrencyConflict` like any other: the command is decided again.
         """
-        with _unavailable_on_disconnect(), _conflict_on_lost_race(), self.writer.begin() as conn:
+        backend = self.backend
+        with (
+            _unavailable_on_disconnect(backend),
+            _conflict_on_lost_race(backend),
+            self.writer.begin() as conn,
+        ):
             yield conn
 
     @contextmanager
@@ -51,13 +55,17 @@ class Database:
         it may not yet show what the primary committed a moment ago.
         """
         engine = self.replica if replica and self.replica is not None else self.reader
-        with _unavailable_on_disconnect(), engine.connect() as conn:
+        with _unavailable_on_disconnect(self.backend), engine.connect() as conn:
             yield conn
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
         """A read-only view in which several queries agree (verify, export)."""
-        with _unavailable_on_disconnect(), dialect.snapshot(self.writer, self.reader) as conn:
+        backend = self.backend
+        with (
+            _unavailable_on_disconnect(backend),
+            backend.snapshot(self.writer, self.reader) as conn,
+        ):
             yield conn
 
     def dispose(self) -> None:
@@ -68,21 +76,21 @@ class Database:
 
 
 @contextmanager
-def _unavailable_on_disconnect() -> Iterator[None]:
+def _unavailable_on_disconnect(backend: Backend) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        if dialect.is_unavailable(exc):
+        if backend.is_unavailable(exc):
             raise Unavailable("the database is unavailable; try again shortly") from exc
         raise
 
 
 @contextmanager
-def _conflict_on_lost_race() -> Iterator[None]:
+def _conflict_on_lost_race(backend: Backend) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        if dialect.is_lost_race(exc):
+        if backend.is_lost_race(exc):
             raise ConcurrencyConflict(f"lost a race: {type(exc.orig).__name__}") from exc
         raise
 
@@ -120,14 +128,12 @@ def _engine(url: str, pool_size: int, echo: bool, *, writer: bool) -> Engine:
         options["pool_timeout"] = 10
         if writer:
             # No rollback when a writer connection goes back to the pool:
-            # every one is handed out by `begin()` (here or in
-            # `dialect.snapshot`), whose Connection has already committed or
-            # rolled back, and a Connection closed mid-transaction rolls back
-            # itself. The pool's extra rollback was a few percent of a
-            # command's Python under the GIL (issue 5).
+            # every one is handed out by `begin()` (here or in the backend's
+            # `snapshot`), whose Connection has already committed or rolled
+            # back, and a Connection closed mid-transaction rolls back itself.
             options["pool_reset_on_return"] = None
         else:
             options["isolation_level"] = "AUTOCOMMIT"
     engine = create_engine(url, **options)
-    configure_engine(engine, writer=writer)
+    backend_of(engine).configure_engine(engine, writer=writer)
     return engine

@@ -22,7 +22,7 @@ from sqlalchemy import (
     text,
 )
 
-from app.db.dialect import IdType, JsonType, UTCDateTime
+from app.db.types import IdType, JsonType, UTCDateTime
 
 metadata = MetaData(
     naming_convention={

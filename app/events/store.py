@@ -27,7 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from app.db import dialect
+from app.db.backend import Backend, backend_of
+from app.db.statement import Statement
 from app.db.tables import events, image_status
 from app.errors import ConcurrencyConflict
 from app.events.types import NewEvent, RecordedEvent
@@ -64,10 +65,11 @@ def append(
     and must be rolled back.
     """
     recorded: list[RecordedEvent] = []
-    stmt = _append_statement(conn.dialect.name)
+    backend = backend_of(conn)
+    stmt = _append_statement(backend)
     for offset, ev in enumerate(new, start=1):
         version = expected_version + offset
-        with _conflict_on_version(img_name, expected_version):
+        with _conflict_on_version(backend, img_name, expected_version):
             ((position, recorded_at, tx_id),) = stmt.run(conn, _values(img_name, version, ev))
         recorded.append(_recorded(img_name, version, ev, position, recorded_at, tx_id))
     return recorded
@@ -75,7 +77,7 @@ def append(
 
 def pending(img_name: str, version: int, ev: NewEvent, recorded_at: datetime) -> RecordedEvent:
     """`ev` as it will be recorded at `version` by a transaction whose database
-    clock read `recorded_at` with its locked row (see `dialect.locked_clock`).
+    clock read `recorded_at` with its locked row (see `Backend.locked_clock`).
 
     Its position (0 here) and tx_id (None) are known only once it is
     appended with `append_projected`, which returns them.
@@ -85,7 +87,7 @@ def pending(img_name: str, version: int, ev: NewEvent, recorded_at: datetime) ->
 
 def can_append_projected(conn: Connection) -> bool:
     """Whether `append_projected` works on this connection's database."""
-    return _append_projected_statement(conn.dialect.name) is not None
+    return _append_projected_statement(backend_of(conn)) is not None
 
 
 def append_projected(
@@ -100,24 +102,25 @@ def append_projected(
     `append` does (the stream must still be at `event.version - 1`).
     Only where `can_append_projected`.
     """
-    stmt = _append_projected_statement(conn.dialect.name)
+    backend = backend_of(conn)
+    stmt = _append_projected_statement(backend)
     assert stmt is not None, "append_projected needs a database that can fuse the two"
     params = _values(event.img_name, event.version, event)
     params["recorded_at"] = event.recorded_at
     for name, value in row.items():
         params[PROJECTED_PREFIX + name] = value
-    with _conflict_on_version(event.img_name, event.version - 1):
+    with _conflict_on_version(backend, event.img_name, event.version - 1):
         ((position, recorded_at, tx_id),) = stmt.run(conn, params)
     return _recorded(event.img_name, event.version, event, position, recorded_at, tx_id)
 
 
 @contextmanager
-def _conflict_on_version(img_name: str, expected_version: int) -> Iterator[None]:
+def _conflict_on_version(backend: Backend, img_name: str, expected_version: int) -> Iterator[None]:
     """Turn a lost race on UNIQUE(img_name, version) into `ConcurrencyConflict`."""
     try:
         yield
     except IntegrityError as exc:
-        if dialect.violated_constraint(exc) not in (None, _STREAM_VERSION_UNIQUE):
+        if backend.violated_constraint(exc) not in (None, _STREAM_VERSION_UNIQUE):
             raise
         raise ConcurrencyConflict(
             f"stream {img_name!r} moved past version {expected_version}",
@@ -188,24 +191,23 @@ APPENDED_COLUMNS = [
 
 
 @functools.lru_cache(maxsize=4)
-def _append_statement(dialect_name: str) -> dialect.DriverStatement:
-    """The INSERT … RETURNING of one event, built once per dialect (building
-    it per append cost more than the round trip)."""
-    return dialect.DriverStatement(_append_insert(dialect_name), prepare=True)
+def _append_statement(backend: Backend) -> Statement:
+    """The INSERT … RETURNING of one event, built once per backend (building
+    it per append costs more than the round trip)."""
+    return Statement(_append_insert(backend), prepare=True)
 
 
-def _append_insert(dialect_name: str, *, clock_bound: bool = False) -> Insert:
+def _append_insert(backend: Backend, *, clock_bound: bool = False) -> Insert:
     """The INSERT … RETURNING of one event; `clock_bound`: its `recorded_at`
     is a parameter (a database clock the caller read), else the database's
     clock at the insert."""
-    on_postgres = dialect_name == "postgresql"
     values: dict[str, Any] = {name: bindparam(name) for name in APPENDED_COLUMNS}
     values["recorded_at"] = (
         bindparam("recorded_at", type_=events.c.recorded_at.type)
         if clock_bound
-        else dialect.clock(on_postgres)
+        else backend.clock()
     )
-    tx_id = dialect.transaction_id(on_postgres)
+    tx_id = backend.transaction_id()
     if tx_id is not None:
         values["tx_id"] = tx_id
     return (
@@ -227,12 +229,11 @@ PROJECTED_PREFIX = "row_"
 
 
 @functools.lru_cache(maxsize=4)
-def _append_projected_statement(dialect_name: str) -> dialect.DriverStatement | None:
+def _append_projected_statement(backend: Backend) -> Statement | None:
     """The append's INSERT and the status upsert as one statement (None where
-    the database cannot), built once per dialect."""
-    return dialect.insert_then_upsert(
-        dialect_name,
-        _append_insert(dialect_name, clock_bound=True),
+    the database cannot), built once per backend."""
+    return backend.fuse_insert_and_upsert(
+        _append_insert(backend, clock_bound=True),
         image_status,
         [c.name for c in image_status.columns if not c.primary_key],
         "img_name",
@@ -305,15 +306,14 @@ def read_all(
 ) -> FeedPage:
     """The global log in feed order, after the opaque cursor `after`.
 
-    Never skips an event that commits late (see `dialect.feed_filter`).
+    Never skips an event that commits late (see `Backend.feed_visible`).
     Raises ValueError for a cursor this database did not make.
     """
-    query = _filtered(
-        select(*EVENT_COLUMNS).where(dialect.feed_filter(conn, events, after)), filters
-    )
-    query = query.order_by(*dialect.feed_order(conn, events)).limit(limit)
+    backend = backend_of(conn)
+    query = _filtered(select(*EVENT_COLUMNS).where(backend.feed_visible(events, after)), filters)
+    query = query.order_by(*backend.feed_order(events)).limit(limit)
     got = [to_event(r) for r in conn.execute(query)]
-    cursor = cursor_of(got[-1]) if got else after
+    cursor = backend.make_cursor(got[-1].tx_id, got[-1].position) if got else after
     return FeedPage(events=got, cursor=cursor)
 
 
@@ -323,13 +323,12 @@ def read_tail(conn: Connection, *, limit: int, filters: FeedFilter | None = None
     Its cursor is the last one's, so a reader continues from there (with the
     same filters) and misses nothing: anything not yet visible sorts after it.
     """
-    query = _filtered(
-        select(*EVENT_COLUMNS).where(dialect.feed_filter(conn, events, None)), filters
-    )
-    newest_first = [column.desc() for column in dialect.feed_order(conn, events)]
+    backend = backend_of(conn)
+    query = _filtered(select(*EVENT_COLUMNS).where(backend.feed_visible(events, None)), filters)
+    newest_first = [column.desc() for column in backend.feed_order(events)]
     got = [to_event(r) for r in conn.execute(query.order_by(*newest_first).limit(limit))]
     got.reverse()
-    return FeedPage(events=got, cursor=cursor_of(got[-1]) if got else None)
+    return FeedPage(events=got, cursor=cursor_of(conn, got[-1]) if got else None)
 
 
 def _filtered(query: Select[Any], filters: FeedFilter | None) -> Select[Any]:
@@ -351,12 +350,15 @@ def _filtered(query: Select[Any], filters: FeedFilter | None) -> Select[Any]:
 
 def count_after(conn: Connection, after: str | None) -> int:
     """How many visible events follow cursor `after` now."""
-    query = select(func.count()).select_from(events).where(dialect.feed_filter(conn, events, after))
+    query = (
+        select(func.count()).select_from(events).where(backend_of(conn).feed_visible(events, after))
+    )
     return int(conn.execute(query).scalar_one())
 
 
-def cursor_of(event: RecordedEvent) -> str:
-    return dialect.make_cursor(event.tx_id, event.position)
+def cursor_of(conn: Connection, event: RecordedEvent) -> str:
+    """The feed cursor just past `event`, on `conn`'s database."""
+    return backend_of(conn).make_cursor(event.tx_id, event.position)
 
 
 def iter_all(conn: Connection, batch: int = 5000) -> Iterable[RecordedEvent]:

@@ -12,7 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, literal_column, select, true
 
-from app.db import dialect
+from app.db.backend import Backend, backend_of
+from app.db.statement import Statement
 from app.db.tables import image_status, projection_state
 from app.events import store
 from app.events.types import NewEvent, RecordedEvent
@@ -20,9 +21,7 @@ from app.projections import status
 from app.projections.status import StatusRow, apply, row_from_values
 
 _ROW_COLUMNS = [image_status.c[name] for name in status.COLUMNS]
-_LOAD = dialect.DriverStatement(
-    select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name"))
-)
+_LOAD = Statement(select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +32,7 @@ class Current:
     #: None before the image's first event.
     row: StatusRow | None
     #: The database clock read once the row was locked, where the database
-    #: can fuse an append with its projection (`dialect.transaction_clock`):
+    #: can fuse an append with its projection (`Backend.locked_clock`):
     #: the event this command appends is recorded at this time. None elsewhere.
     clock: datetime | None
 
@@ -62,7 +61,7 @@ def load_current(conn: Connection, img_name: str) -> Current:
     On SQLite the write transaction (BEGIN IMMEDIATE) already excludes
     every other writer, and FOR UPDATE compiles to nothing.
     """
-    stmt = _lock_with_clock(conn.dialect.name)
+    stmt = _lock_with_clock(backend_of(conn))
     if stmt is None:
         found = _LOCK.run(conn, {"img_name": img_name})
         return Current(img_name, row_from_values(found[0]) if found else None, None)
@@ -72,13 +71,13 @@ def load_current(conn: Connection, img_name: str) -> Current:
     return Current(img_name, row, clock)
 
 
-_LOCK = dialect.DriverStatement(
+_LOCK = Statement(
     select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name")).with_for_update()
 )
 
 
 @functools.lru_cache(maxsize=4)
-def _lock_with_clock(dialect_name: str) -> dialect.DriverStatement | None:
+def _lock_with_clock(backend: Backend) -> Statement | None:
     """The locked row, outer-joined so that a clock comes back for an image
     without a row too (None where there is no such clock).
 
@@ -87,14 +86,14 @@ def _lock_with_clock(dialect_name: str) -> dialect.DriverStatement | None:
     command that queued behind another on this row is recorded after it:
     `recorded_at` follows the stream's versions.
     """
-    clock = dialect.locked_clock(dialect_name == "postgresql")
+    clock = backend.locked_clock()
     if clock is None:
         return None
     locked = select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name"))
     locked_row = locked.with_for_update().lateral("locked")
     one = select(literal_column("1").label("one")).subquery("tx")
     found = one.outerjoin(locked_row, true())
-    return dialect.DriverStatement(select(*locked_row.c, clock.label("clock")).select_from(found))
+    return Statement(select(*locked_row.c, clock.label("clock")).select_from(found))
 
 
 def append(
@@ -126,14 +125,14 @@ def project(conn: Connection, row: StatusRow | None, recorded: list[RecordedEven
     for ev in recorded:
         new = apply(new, ev)
     assert new is not None, "project() needs at least one event"
-    dialect.upsert(conn, image_status, new.as_values(), key="img_name")
+    backend_of(conn).upsert(conn, image_status, new.as_values(), key="img_name")
     return new
 
 
 def ensure_state(conn: Connection) -> None:
     """Record the projection's version if this database has no record yet."""
     conn.execute(
-        dialect.insert_ignore(conn, projection_state).values(
-            name=status.NAME, version=status.VERSION, state="ok", last_position=0
-        )
+        backend_of(conn)
+        .insert_ignore(projection_state)
+        .values(name=status.NAME, version=status.VERSION, state="ok", last_position=0)
     )

@@ -28,7 +28,8 @@ import orjson
 from sqlalchemy import Connection, MetaData, Select, Table, func, insert, select, update
 from sqlalchemy.schema import CreateTable
 
-from app.db import dialect
+from app.db.backend import LockTimeout, backend_of
+from app.db.copy_text import COPY_ESCAPES, COPY_NULL, copy_bool, copy_json
 from app.db.engine import Database, open_database
 from app.db.tables import STATUS_TABLE, events, projection_state, status_table
 from app.events import store
@@ -68,7 +69,7 @@ class RebuildReport:
 
 def _shadow(conn: Connection) -> Table:
     return status_table(
-        SHADOW, MetaData(), suffix_constraints=dialect.constraint_names_are_global(conn)
+        SHADOW, MetaData(), suffix_constraints=backend_of(conn).constraint_names_are_global
     )
 
 
@@ -96,11 +97,11 @@ def _replay_prefix(
 ) -> str:
     """Fill the shadow from a complete prefix of the log; return the cursor after it."""
     with db.snapshot() as conn:
-        prefix, cursor = dialect.feed_start_after_snapshot(conn, events)
+        prefix, cursor = backend_of(conn).feed_start_after_snapshot(conn, events)
         query = (
             select(*EVENT_COLUMNS)
             .where(prefix)
-            .order_by(dialect.bytewise(conn, events.c.img_name), events.c.version)
+            .order_by(backend_of(conn).bytewise(events.c.img_name), events.c.version)
         )
         rows = conn.execution_options(yield_per=batch).execute(query)
         pending: list[dict[str, Any]] = []
@@ -193,7 +194,7 @@ class _CopyFolder:
 
     def _flush(self) -> None:
         with self.db.write() as conn:
-            dialect.copy_in(conn, self.shadow, status.COLUMNS, self.done)
+            backend_of(conn).copy_in(conn, self.shadow, status.COLUMNS, self.done)
         self.report.rows += len(self.done)
         self.done = []
 
@@ -205,8 +206,8 @@ class _CopyFolder:
         self._count()
 
 
-_N = dialect.COPY_NULL
-_ESC = dialect.COPY_ESCAPES
+_N = COPY_NULL
+_ESC = COPY_ESCAPES
 
 
 def _copy_line(r: StatusRow, stamps: dict[int, tuple[datetime, str]]) -> str:
@@ -234,12 +235,12 @@ def _copy_line(r: StatusRow, stamps: dict[int, tuple[datetime, str]]) -> str:
             _N if r.video_filename is None else r.video_filename.translate(_ESC),
             _N if r.source_type is None else r.source_type,
             _N if r.prompt is None else r.prompt.translate(_ESC),
-            dialect.copy_json(r.params),
+            copy_json(r.params),
             str(r.generation),
             str(r.attempts),
             _N if r.error_code is None else r.error_code.translate(_ESC),
             _N if r.error_message is None else r.error_message.translate(_ESC),
-            dialect.copy_bool(r.error_retryable),
+            copy_bool(r.error_retryable),
             "t" if r.cancel_requested else "f",
             t(r.not_before),
             t(r.requested_at),
@@ -268,7 +269,7 @@ def _partition_query(
         c.data,
         c.recorded_at,
         c.position,
-    ).where(dialect.feed_up_to(conn, events, cursor))
+    ).where(backend_of(conn).feed_up_to(events, cursor))
     if lower is not None:
         query = query.where(c.img_name >= lower)
     if upper is not None:
@@ -291,7 +292,7 @@ def _replay_range(
     folder = _CopyFolder(db, shadow, batch, progress, report)
     with db.snapshot() as conn:
         query = _partition_query(conn, cursor, lower, upper)
-        dialect.copy_out(conn, query, folder.on_row, escaped=frozenset({0, 5}))
+        backend_of(conn).copy_out(conn, query, folder.on_row, escaped=frozenset({0, 5}))
     folder.close()
 
 
@@ -319,7 +320,7 @@ def _split_points(conn: Connection, cursor: str, parts: int) -> list[str]:
     """img_names that cut the prefix into `parts` runs of about equal events."""
     c = events.c
     total = conn.execute(
-        select(func.count()).select_from(events).where(dialect.feed_up_to(conn, events, cursor))
+        select(func.count()).select_from(events).where(backend_of(conn).feed_up_to(events, cursor))
     ).scalar_one()
     points: list[str] = []
     if total < PARALLEL_MIN_EVENTS:
@@ -327,7 +328,7 @@ def _split_points(conn: Connection, cursor: str, parts: int) -> list[str]:
     for k in range(1, parts):
         point = conn.execute(
             select(c.img_name)
-            .where(dialect.feed_up_to(conn, events, cursor))
+            .where(backend_of(conn).feed_up_to(events, cursor))
             .order_by(c.img_name, c.version)
             .offset(total * k // parts)
             .limit(1)
@@ -354,7 +355,7 @@ def _replay_prefix_by_copy(
     processes need not share one.
     """
     with db.snapshot() as conn:
-        _, cursor = dialect.feed_start_after_snapshot(conn, events)
+        _, cursor = backend_of(conn).feed_start_after_snapshot(conn, events)
         points = _split_points(conn, cursor, parallel) if parallel > 1 else []
     if not points:
         _replay_range(db, shadow, cursor, None, None, batch, progress, report)
@@ -415,7 +416,7 @@ def _apply_to_shadow(conn: Connection, shadow: Table, got: list[RecordedEvent]) 
     current = {
         r["img_name"]: row_from_mapping(r)
         for r in conn.execute(
-            select(*cols).where(dialect.in_list(conn, shadow.c.img_name, names))
+            select(*cols).where(backend_of(conn).in_list(shadow.c.img_name, names))
         ).mappings()
     }
     for ev in got:
@@ -429,7 +430,7 @@ def _apply_to_shadow(conn: Connection, shadow: Table, got: list[RecordedEvent]) 
             )
         current[ev.img_name] = apply(row, ev)
     for name in names:
-        dialect.upsert(conn, shadow, current[name].as_values(), key="img_name")
+        backend_of(conn).upsert(conn, shadow, current[name].as_values(), key="img_name")
 
 
 def _catch_up(
@@ -470,12 +471,12 @@ def _catch_up(
 def _final_swap(db: Database, shadow: Table, cursor: str, report: RebuildReport) -> None:
     started = time.perf_counter()
     with db.write() as conn:
-        dialect.lock_for_swap(conn, STATUS_TABLE, events, SWAP_LOCK_TIMEOUT_S)
+        backend_of(conn).lock_for_swap(conn, STATUS_TABLE, events, SWAP_LOCK_TIMEOUT_S)
         while True:
             query = (
                 select(*EVENT_COLUMNS)
-                .where(dialect.feed_filter(conn, events, cursor, in_flight_possible=False))
-                .order_by(*dialect.feed_order(conn, events))
+                .where(backend_of(conn).feed_visible(events, cursor, in_flight_possible=False))
+                .order_by(*backend_of(conn).feed_order(events))
                 .limit(5000)
             )
             got = [to_event(r) for r in conn.execute(query)]
@@ -483,8 +484,8 @@ def _final_swap(db: Database, shadow: Table, cursor: str, report: RebuildReport)
                 break
             _apply_to_shadow(conn, shadow, got)
             report.events += len(got)
-            cursor = store.cursor_of(got[-1])
-        dialect.swap_in(conn, shadow, STATUS_TABLE)
+            cursor = store.cursor_of(conn, got[-1])
+        backend_of(conn).swap_in(conn, shadow, STATUS_TABLE)
         last = conn.execute(
             select(events.c.position).order_by(events.c.position.desc()).limit(1)
         ).scalar()
@@ -523,7 +524,7 @@ def rebuild(
     _set_state(db, "rebuilding")
     try:
         with db.read() as conn:
-            bulk = dialect.supports_copy(conn)
+            bulk = backend_of(conn).supports_copy
         if bulk:
             cursor = _replay_prefix_by_copy(db, shadow, batch, progress, report, parallel)
         else:
@@ -536,7 +537,7 @@ def rebuild(
             try:
                 _final_swap(db, shadow, cursor, report)
                 break
-            except dialect.LockTimeout:
+            except LockTimeout:
                 if attempt == SWAP_ATTEMPTS:
                     raise
                 log.warning("rebuild: a long transaction holds the status table; trying again")

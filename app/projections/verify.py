@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, select
 
-from app.db import dialect
+from app.db.backend import backend_of
 from app.db.engine import Database
 from app.db.tables import events, image_status
 from app.events.store import EVENT_COLUMNS, to_event
@@ -81,7 +81,7 @@ def _log_by_image(
     conn: Connection, batch: int, counter: Callable[[int], None]
 ) -> Iterator[tuple[str, StatusRow]]:
     query = select(*EVENT_COLUMNS).order_by(
-        dialect.bytewise(conn, events.c.img_name), events.c.version
+        backend_of(conn).bytewise(events.c.img_name), events.c.version
     )
     rows = conn.execution_options(yield_per=batch).execute(query)
     for img_name, group in itertools.groupby(rows, key=lambda r: r.img_name):
@@ -92,7 +92,7 @@ def _log_by_image(
 
 def _table_rows(conn: Connection, table: Table, batch: int) -> Iterator[StatusRow]:
     query = select(*[table.c[c] for c in status.COLUMNS]).order_by(
-        dialect.bytewise(conn, table.c.img_name)
+        backend_of(conn).bytewise(table.c.img_name)
     )
     for r in conn.execution_options(yield_per=batch).execute(query).mappings():
         yield row_from_mapping(r)

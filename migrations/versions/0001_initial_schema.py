@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from app.db.dialect import IdType, JsonType, UTCDateTime
+from app.db.types import IdType, JsonType, UTCDateTime
 
 revision: str = "0001"
 down_revision: str | None = None

@@ -94,14 +94,20 @@ def test_feed_lag_shows_events_held_back_by_an_open_transaction(
 ) -> None:
     """On PostgreSQL the feed hides events committed after an older open
     transaction began; operators see how many, and they clear when it ends."""
-    opened = database.write if database.is_postgres else database.read
+    opened = database.write if database.backend.name == "postgresql" else database.read
     with opened() as blocker:
-        blocker.execute(text("SELECT pg_current_xact_id()" if database.is_postgres else "SELECT 1"))
+        blocker.execute(
+            text(
+                "SELECT pg_current_xact_id()"
+                if database.backend.name == "postgresql"
+                else "SELECT 1"
+            )
+        )
         new = client.post("/v1/videos", json={"img_name": "a.png", "source_type": "scene"})
         assert new.status_code == 202
         held = client.get("/metrics").text
     after = client.get("/metrics").text
-    if database.is_postgres:
+    if database.backend.name == "postgresql":
         assert _value(held, "vidledger_feed_hidden_events") >= 1
     else:  # serial writes: the feed never holds anything back
         assert _value(held, "vidledger_feed_hidden_events") == 0

@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, delete, insert, pool, text, update
 
 from app.cli import main
-from app.db import dialect, migrate
+from app.db import migrate
+from app.db.backend import backend_of
 from app.db.engine import Database, open_database
 from app.db.tables import events, image_status
 from app.projections import rebuild, verify
@@ -262,7 +263,7 @@ def test_upgrade_from_the_previous_revision_backfills_timings_by_replay(
     engine = create_engine(old_url, poolclass=pool.NullPool)
     with engine.begin() as conn:
         for _i, row in enumerate(rows, start=1):
-            conn.execute(insert(events).values(**row, tx_id=dialect.tx_id_expr(conn)))
+            conn.execute(insert(events).values(**row, tx_id=backend_of(conn).transaction_id()))
         # The old projection's rows, as projection v1 wrote them (no timings).
         for img, st, version, has in (
             ("a.png", "completed", 3, True),
@@ -335,7 +336,7 @@ def test_v1_requested_events_read_correctly_everywhere(
                 data=v1,
                 actor="v1-app",
                 recorded_at=T0,
-                tx_id=dialect.tx_id_expr(conn),
+                tx_id=backend_of(conn).transaction_id(),
             )
         )
     # history upcasts

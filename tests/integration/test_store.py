@@ -37,7 +37,7 @@ def test_append_assigns_versions_positions_and_database_time(database: Database)
     [event] = recorded
     assert event.version == 1 and event.position >= 1
     assert event.recorded_at.tzinfo is not None
-    if database.is_postgres:
+    if database.backend.name == "postgresql":
         assert event.tx_id is not None
     with database.read() as conn:
         [read] = store.read_stream(conn, "a.png")
@@ -155,7 +155,7 @@ def test_a_foreign_cursor_is_refused(database: Database) -> None:
 def test_the_log_refuses_update_and_delete_on_postgresql(
     service: VideoService, database: Database
 ) -> None:
-    if not database.is_postgres:
+    if database.backend.name != "postgresql":
         pytest.skip("the append-only trigger is PostgreSQL's")
     service.request_video("a.png", "scene", Actor("t"))
     with pytest.raises(DBAPIError, match="append-only"), database.write() as conn:

@@ -1,5 +1,5 @@
 """Which database errors mean "unavailable, try again" (503) and which are
-the statement's own fault: decided by `dialect.is_unavailable`."""
+the statement's own fault: decided by each backend's `is_unavailable`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import sqlite3
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from app.db.dialect import is_unavailable
+from app.db.postgres import PostgresBackend
+from app.db.sqlite import SqliteBackend
+
+is_unavailable = PostgresBackend().is_unavailable
 
 
 class PgError(Exception):
@@ -45,10 +48,14 @@ def test_a_constraint_violation_is_not_an_outage() -> None:
 
 
 def test_sqlite_errors_are_left_to_the_caller() -> None:
-    assert not is_unavailable(OperationalError("BEGIN", {}, sqlite3.OperationalError("locked")))
+    locked = OperationalError("BEGIN", {}, sqlite3.OperationalError("locked"))
+    assert not SqliteBackend().is_unavailable(locked)
 
 
-def test_a_lost_connection_is_an_outage_whatever_the_driver_says() -> None:
+@pytest.mark.parametrize("backend", [PostgresBackend(), SqliteBackend()], ids=["pg", "sqlite"])
+def test_a_lost_connection_is_an_outage_whatever_the_driver_says(
+    backend: PostgresBackend | SqliteBackend,
+) -> None:
     exc = OperationalError("SELECT 1", {}, sqlite3.OperationalError("gone"))
     exc.connection_invalidated = True
-    assert is_unavailable(exc)
+    assert backend.is_unavailable(exc)

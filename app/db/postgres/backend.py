@@ -1,0 +1,272 @@
+"""PostgresBackend: the xmin feed, SKIP LOCKED claims, the fused append, COPY."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Insert,
+    Select,
+    String,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    func,
+    select,
+    text,
+    tuple_,
+    type_coerce,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.sql.expression import ColumnElement
+
+from app.db.backend import LockTimeout
+from app.db.postgres import copy, fast
+from app.db.statement import Statement
+from app.db.types import UTCDateTime
+
+#: SQLSTATEs of a server that is going away or not taking connections yet:
+#: admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: SQLSTATEs of a transaction that lost a race: serialization_failure, deadlock_detected.
+_LOST_RACE_SQLSTATES = frozenset({"40001", "40P01"})
+#: The oldest transaction still in flight; the snapshot functions have no
+#: Core equivalent worth wrapping.
+_XMIN = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_MAX = 2**63
+
+
+class PostgresBackend:
+    """Writers are not serialized; the feed reads only what no late commit can join."""
+
+    name = "postgresql"
+    constraint_names_are_global = True  # constraints are backed by indexes, named per schema
+    supports_copy = True
+
+    # --- running statements ------------------------------------------------------
+
+    def run(
+        self, statement: Statement, conn: Connection, params: Mapping[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        return fast.run(statement, conn, params)
+
+    def configure_engine(self, engine: Engine, *, writer: bool) -> None:
+        return None  # psycopg2's defaults are what every connection needs
+
+    @contextmanager
+    def snapshot(self, writer: Engine, reader: Engine) -> Iterator[Connection]:
+        """A REPEATABLE READ, read-only transaction."""
+        with writer.connect() as conn:
+            conn = conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            with conn.begin():
+                yield conn
+
+    # --- appending and projecting --------------------------------------------------
+
+    def clock(self) -> ColumnElement[Any]:
+        return func.now()
+
+    def locked_clock(self) -> ColumnElement[datetime] | None:
+        """`clock_timestamp()`, the time of reading, not of the transaction's
+        start: a command that waited for another's row lock records its event
+        after that other's."""
+        return type_coerce(func.clock_timestamp(), UTCDateTime())
+
+    def transaction_id(self) -> ColumnElement[Any] | None:
+        # xid8 has no direct cast to bigint; text is the documented bridge.
+        return cast(cast(func.pg_current_xact_id(), postgresql.TEXT), BigInteger)
+
+    def fuse_insert_and_upsert(
+        self,
+        insert: Insert,
+        table: Table,
+        columns: Sequence[str],
+        key: str,
+        from_inserted: Mapping[str, str],
+        *,
+        prefix: str,
+    ) -> Statement | None:
+        """A data-modifying WITH: the upsert runs after the insert, in the same
+        statement, and an error in either fails both. It saves the upsert's
+        round trip. The prefix keeps the two rows' parameters apart where
+        column names meet (`img_name`, `version`)."""
+        inserted = insert.cte("inserted")
+        values: dict[str, Any] = {}
+        for name in columns:
+            if name in from_inserted:
+                values[name] = select(inserted.c[from_inserted[name]]).scalar_subquery()
+            else:
+                values[name] = bindparam(f"{prefix}{name}", type_=table.c[name].type)
+        upsert = postgresql.insert(table).values(values).inline()
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[key],
+            set_={name: upsert.excluded[name] for name in columns if name != key},
+        )
+        return Statement(select(*inserted.c).add_cte(upsert.cte("upserted")), prepare=True)
+
+    def upsert(
+        self, conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]
+    ) -> None:
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        _upsert_statement(table, tuple(values), keys).run(conn, values)
+
+    def insert_ignore(self, table: Table) -> Insert:
+        return postgresql.insert(table).on_conflict_do_nothing()
+
+    def violated_constraint(self, exc: IntegrityError) -> str | None:
+        diag = getattr(exc.orig, "diag", None)  # psycopg2's error details
+        name = getattr(diag, "constraint_name", None)
+        return str(name) if name is not None else None
+
+    # --- claiming -----------------------------------------------------------------
+
+    def claim_due(self, query: Select[Any]) -> Select[Any]:
+        return query.with_for_update(skip_locked=True)
+
+    def in_list(self, column: ColumnElement[Any], values: list[str]) -> ColumnElement[bool]:
+        """`= ANY(array)`: one bound value, however many names."""
+        return column == any_(cast(values, postgresql.ARRAY(String)))
+
+    # --- the global feed --------------------------------------------------------------
+
+    def feed_visible(
+        self, events: Table, after: str | None, *, in_flight_possible: bool = True
+    ) -> ColumnElement[bool]:
+        """Only transactions older than every one still in flight (tx_id <
+        snapshot xmin), in (tx_id, position) order. With no appender possible
+        in flight, the snapshot rule would only wait on unrelated transactions."""
+        visible: ColumnElement[bool] = (
+            events.c.tx_id < text(_XMIN) if in_flight_possible else events.c.tx_id.is_not(None)
+        )
+        if after is None:
+            return visible
+        tx, pos = self.parse_cursor(after)
+        return and_(visible, tuple_(events.c.tx_id, events.c.position) > tuple_(tx, pos))
+
+    def feed_hidden(self, events: Table) -> ColumnElement[bool] | None:
+        """Rows of transactions not older than the oldest one in flight: a long
+        transaction anywhere on the server holds them back."""
+        return events.c.tx_id >= text(_XMIN)
+
+    def feed_order(self, events: Table) -> list[Any]:
+        return [events.c.tx_id, events.c.position]
+
+    def feed_start_after_snapshot(
+        self, conn: Connection, events: Table
+    ) -> tuple[ColumnElement[bool], str]:
+        """Every transaction older than the snapshot's xmin has ended, so
+        `tx_id < xmin` is a prefix no late commit can join."""
+        xmin = int(conn.execute(text(f"SELECT {_XMIN}")).scalar_one())
+        return events.c.tx_id < xmin, self.make_cursor(xmin - 1, _MAX - 1)
+
+    def feed_up_to(self, events: Table, cursor: str) -> ColumnElement[bool]:
+        tx, pos = self.parse_cursor(cursor)
+        return tuple_(events.c.tx_id, events.c.position) <= tuple_(tx, pos)
+
+    def make_cursor(self, tx_id: int | None, position: int) -> str:
+        return f"{tx_id}.{position}"
+
+    def parse_cursor(self, cursor: str) -> tuple[int, int]:
+        parts = cursor.split(".")
+        if len(parts) != 2:
+            raise ValueError("not a cursor of this feed")
+        tx, pos = int(parts[0]), int(parts[1])
+        if not (0 <= tx < _MAX and 0 <= pos < _MAX):
+            raise ValueError("not a cursor of this feed")
+        return tx, pos
+
+    # --- rebuilds ---------------------------------------------------------------
+
+    def bytewise(self, column: ColumnElement[str]) -> ColumnElement[str]:
+        return column.collate("C")
+
+    def lock_for_swap(self, conn: Connection, live: str, events: Table, timeout_s: float) -> None:
+        """The live status table first, then the log: the lock order every
+        command follows (README, "Design notes"). Readers of the status table
+        wait (never fail) for the few milliseconds until commit.
+        `lock_timeout` bounds the wait behind a long transaction, during which
+        everyone queued behind this lock would wait too."""
+        # LOCK and SET LOCAL have no Core constructs.
+        conn.execute(text(f"SET LOCAL lock_timeout = '{int(timeout_s * 1000)}ms'"))
+        try:
+            conn.execute(text(f'LOCK TABLE "{live}" IN ACCESS EXCLUSIVE MODE'))
+            conn.execute(text(f'LOCK TABLE "{events.name}" IN SHARE ROW EXCLUSIVE MODE'))
+        except OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) == "55P03":  # lock_not_available
+                raise LockTimeout(str(exc.orig).strip()) from exc
+            raise
+
+    def swap_in(self, conn: Connection, shadow: Table, live_name: str) -> None:
+        suffix = shadow.name.removeprefix(live_name)
+        # DDL by name: no Core constructs for renames.
+        conn.execute(text(f'DROP TABLE "{live_name}"'))
+        conn.execute(text(f'ALTER TABLE "{shadow.name}" RENAME TO "{live_name}"'))
+        for ix in shadow.indexes:
+            assert ix.name is not None
+            new = str(ix.name).removesuffix(suffix)
+            conn.execute(text(f'ALTER INDEX "{ix.name}" RENAME TO "{new}"'))
+        for cons in shadow.constraints:
+            if cons.name and str(cons.name).endswith(suffix):
+                new = str(cons.name).removesuffix(suffix)
+                conn.execute(
+                    text(f'ALTER TABLE "{live_name}" RENAME CONSTRAINT "{cons.name}" TO "{new}"')
+                )
+        conn.execute(
+            text(f'ALTER SEQUENCE IF EXISTS "{shadow.name}_id_seq" RENAME TO "{live_name}_id_seq"')
+        )
+
+    def copy_out(
+        self,
+        conn: Connection,
+        query: Select[Any],
+        on_row: Callable[[list[str | None]], None],
+        *,
+        escaped: frozenset[int],
+    ) -> None:
+        copy.copy_out(conn, query, on_row, escaped=escaped)
+
+    def copy_in(
+        self, conn: Connection, table: Table, columns: list[str], rows: Iterable[list[Any] | str]
+    ) -> None:
+        copy.copy_in(conn, table, columns, rows)
+
+    # --- failures -----------------------------------------------------------------
+
+    def is_unavailable(self, exc: DBAPIError) -> bool:
+        """A lost connection (SQLAlchemy flags it), or a failed connect: psycopg2
+        raises that as an OperationalError with no SQLSTATE (refused, reset,
+        "shutting down", "starting up"), while errors a live server sends
+        always carry one."""
+        if exc.connection_invalidated:
+            return True
+        if not isinstance(exc, OperationalError):
+            return False
+        code: str | None = getattr(exc.orig, "pgcode", None)
+        return code is None or code.startswith("08") or code in _UNAVAILABLE_SQLSTATES
+
+    def is_lost_race(self, exc: DBAPIError) -> bool:
+        return getattr(exc.orig, "pgcode", None) in _LOST_RACE_SQLSTATES
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(table: Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Statement:
+    """Built once per shape: constructing it (its `excluded` alias above all)
+    costs more than the round trip. `inline()`: nothing reads the generated
+    key back, so no implicit RETURNING of it."""
+    stmt = postgresql.insert(table).values({name: bindparam(name) for name in columns}).inline()
+    updates = {name: stmt.excluded[name] for name in columns if name not in keys}
+    return Statement(
+        stmt.on_conflict_do_update(index_elements=list(keys), set_=updates), prepare=True
+    )

@@ -1,0 +1,210 @@
+"""SqliteBackend: one writer at a time (BEGIN IMMEDIATE), so a position is a gap-free feed."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Insert,
+    Select,
+    Table,
+    bindparam,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql.expression import ColumnElement
+
+from app.db.statement import Statement
+
+_MAX = 2**63
+
+
+class SqliteBackend:
+    """Write transactions are serial: the feed's order, the claim and the lock
+    order all rest on that (`configure_engine`)."""
+
+    name = "sqlite"
+    constraint_names_are_global = False  # they live inside each table's DDL
+    supports_copy = False
+
+    # --- running statements ------------------------------------------------------
+
+    def run(
+        self, statement: Statement, conn: Connection, params: Mapping[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        result = conn.execute(statement.statement, params)
+        return result.all() if result.returns_rows else []
+
+    def configure_engine(self, engine: Engine, *, writer: bool) -> None:
+        """WAL, a busy timeout and foreign keys on every connection; writers
+        begin with BEGIN IMMEDIATE, so write transactions are serial."""
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control away from pysqlite: we emit BEGIN ourselves.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        if writer:
+
+            @event.listens_for(engine, "begin")
+            def _on_begin(conn: Connection) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    @contextmanager
+    def snapshot(self, writer: Engine, reader: Engine) -> Iterator[Connection]:
+        """A deferred BEGIN on the reader: WAL keeps its snapshot without blocking writers."""
+        with reader.connect() as conn:
+            conn.exec_driver_sql("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.exec_driver_sql("ROLLBACK")
+
+    # --- appending and projecting --------------------------------------------------
+
+    def clock(self) -> ColumnElement[Any]:
+        return func.strftime("%Y-%m-%d %H:%M:%f", "now")
+
+    def locked_clock(self) -> ColumnElement[datetime] | None:
+        return None  # appends take the clock of their own statement
+
+    def transaction_id(self) -> ColumnElement[Any] | None:
+        return None
+
+    def fuse_insert_and_upsert(
+        self,
+        insert: Insert,
+        table: Table,
+        columns: Sequence[str],
+        key: str,
+        from_inserted: Mapping[str, str],
+        *,
+        prefix: str,
+    ) -> Statement | None:
+        return None  # no data-modifying WITH in SQLite
+
+    def upsert(
+        self, conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]
+    ) -> None:
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        _upsert_statement(table, tuple(values), keys).run(conn, values)
+
+    def insert_ignore(self, table: Table) -> Insert:
+        return sqlite.insert(table).on_conflict_do_nothing()
+
+    def violated_constraint(self, exc: IntegrityError) -> str | None:
+        return None  # sqlite3 does not name it
+
+    # --- claiming -----------------------------------------------------------------
+
+    def claim_due(self, query: Select[Any]) -> Select[Any]:
+        return query  # BEGIN IMMEDIATE already excludes every other claimer
+
+    def in_list(self, column: ColumnElement[Any], values: list[str]) -> ColumnElement[bool]:
+        return column.in_(values)
+
+    # --- the global feed --------------------------------------------------------------
+
+    def feed_visible(
+        self, events: Table, after: str | None, *, in_flight_possible: bool = True
+    ) -> ColumnElement[bool]:
+        """Writes are serial, so `position` alone is a gap-free order."""
+        if after is None:
+            return events.c.position > 0
+        _, pos = self.parse_cursor(after)
+        return events.c.position > pos
+
+    def feed_hidden(self, events: Table) -> ColumnElement[bool] | None:
+        return None  # serial writes hide nothing
+
+    def feed_order(self, events: Table) -> list[Any]:
+        return [events.c.position]
+
+    def feed_start_after_snapshot(
+        self, conn: Connection, events: Table
+    ) -> tuple[ColumnElement[bool], str]:
+        top = int(conn.execute(select(func.coalesce(func.max(events.c.position), 0))).scalar_one())
+        return events.c.position <= top, self.make_cursor(None, top)
+
+    def feed_up_to(self, events: Table, cursor: str) -> ColumnElement[bool]:
+        _, pos = self.parse_cursor(cursor)
+        return events.c.position <= pos
+
+    def make_cursor(self, tx_id: int | None, position: int) -> str:
+        return str(position)
+
+    def parse_cursor(self, cursor: str) -> tuple[int, int]:
+        parts = cursor.split(".")
+        if len(parts) != 1:
+            raise ValueError("not a cursor of this feed")
+        pos = int(parts[0])
+        if not 0 <= pos < _MAX:
+            raise ValueError("not a cursor of this feed")
+        return 0, pos
+
+    # --- rebuilds ---------------------------------------------------------------
+
+    def bytewise(self, column: ColumnElement[str]) -> ColumnElement[str]:
+        return column  # the default BINARY collation orders by code point already
+
+    def lock_for_swap(self, conn: Connection, live: str, events: Table, timeout_s: float) -> None:
+        return None  # the write transaction (BEGIN IMMEDIATE) excludes every other writer
+
+    def swap_in(self, conn: Connection, shadow: Table, live_name: str) -> None:
+        """SQLite cannot rename an index: the live names are made anew."""
+        suffix = shadow.name.removeprefix(live_name)
+        # DDL by name: no Core constructs for renames.
+        conn.execute(text(f'DROP TABLE "{live_name}"'))
+        conn.execute(text(f'ALTER TABLE "{shadow.name}" RENAME TO "{live_name}"'))
+        for ix in shadow.indexes:
+            assert ix.name is not None
+            conn.execute(text(f'DROP INDEX "{ix.name}"'))
+            cols = ", ".join(f'"{c.name}"' for c in ix.columns)
+            new = str(ix.name).removesuffix(suffix)
+            conn.execute(text(f'CREATE INDEX "{new}" ON "{live_name}" ({cols})'))
+
+    def copy_out(
+        self,
+        conn: Connection,
+        query: Select[Any],
+        on_row: Callable[[list[str | None]], None],
+        *,
+        escaped: frozenset[int],
+    ) -> None:
+        raise NotImplementedError("SQLite has no COPY (supports_copy is False)")
+
+    def copy_in(
+        self, conn: Connection, table: Table, columns: list[str], rows: Iterable[list[Any] | str]
+    ) -> None:
+        raise NotImplementedError("SQLite has no COPY (supports_copy is False)")
+
+    # --- failures -----------------------------------------------------------------
+
+    def is_unavailable(self, exc: DBAPIError) -> bool:
+        return bool(exc.connection_invalidated)  # a file: no server to lose, only a connection
+
+    def is_lost_race(self, exc: DBAPIError) -> bool:
+        return False  # serial writers cannot deadlock
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_statement(table: Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Statement:
+    stmt = sqlite.insert(table).values({name: bindparam(name) for name in columns}).inline()
+    updates = {name: stmt.excluded[name] for name in columns if name not in keys}
+    return Statement(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates))
