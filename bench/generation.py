@@ -13,8 +13,8 @@ from PIL import Image, ImageDraw
 from app.db import migrate
 from app.db.engine import open_database
 from app.lifecycle import Status
-from app.queries import VideoQueries
 from app.service import Actor, Policy, VideoService, utcnow
+from app.service.queries import VideoQueries
 from app.video_files import VideoFiles
 from app.worker.backend import LocalBackend
 from app.worker.generators import GenerationRequest, KenBurnsGenerator

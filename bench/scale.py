@@ -28,8 +28,8 @@ from app.db.statement import Statement
 from app.keys import Access, Gate
 from app.lifecycle import Status
 from app.projections import rebuild
-from app.queries import VideoQueries
 from app.service import VideoService
+from app.service.queries import VideoQueries
 from bench import dataset
 from bench.baseline_app import STATUS_SQL
 from bench.pg import scratch_database

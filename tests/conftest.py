@@ -25,8 +25,8 @@ from app.db import migrate
 from app.db.engine import Database, open_database
 from app.db.tables import projection_state
 from app.projections import rebuild, status
-from app.queries import VideoQueries
 from app.service import Policy, VideoService
+from app.service.queries import VideoQueries
 
 PG_ADMIN_DSN = os.environ.get(
     "VIDLEDGER_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"

@@ -23,8 +23,8 @@ from app.db.engine import Database, open_database
 from app.db.notify import start_listener
 from app.events.types import RecordedEvent
 from app.feed import FeedSignal
-from app.queries import VideoQueries
 from app.service import Policy, VideoService
+from app.service.queries import VideoQueries
 from app.ui import mount as mount_ui
 from app.video_files import VideoFiles
 from app.worker.backend import LocalBackend

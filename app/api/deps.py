@@ -17,8 +17,8 @@ from app import keys
 from app.errors import Unauthorized, ValidationFailed
 from app.keys import Access, Principal
 from app.naming import img_name_problem
-from app.queries import VideoQueries
 from app.service import Actor, VideoService
+from app.service.queries import VideoQueries
 
 #: Who a request is (see `keys.Gate`); one per app.
 AuthGate = keys.Gate

@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import AppError
 from app.events.types import RecordedEvent
 from app.lifecycle import EventType, Status
-from app.queries import VideoQueries
 from app.service import utcnow
+from app.service.queries import VideoQueries
 
 log = logging.getLogger(__name__)
 

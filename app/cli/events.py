@@ -17,8 +17,8 @@ from rich.progress import Progress, TaskID
 from app import export_format, transfer
 from app.cli.base import cli, ctx, err
 from app.cli.projections import event_progress, run_rebuild, verify_cmd
-from app.queries import VideoQueries
 from app.service import utcnow
+from app.service.queries import VideoQueries
 
 events_cli = typer.Typer(
     help="The event log as JSON Lines: export it, import it into another database.",

@@ -20,7 +20,7 @@ from app.cli.base import cli, ctx, err, out, when
 from app.db.engine import Database
 from app.projections import rebuild as rebuilder
 from app.projections import verify as verifier
-from app.queries import VideoQueries
+from app.service.queries import VideoQueries
 
 projections_cli = typer.Typer(
     help="The status projection: state, verify, rebuild.", no_args_is_help=True

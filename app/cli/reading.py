@@ -6,10 +6,11 @@ from typing import Any
 
 from rich.table import Table
 
+from app.api.views import status_body, transition_body
 from app.cli.base import cli, ctx, err, out
 from app.errors import ConfigError
 from app.naming import img_name_problem
-from app.queries import VideoQueries
+from app.service.queries import VideoQueries
 
 
 def _checked(img: str) -> str:
@@ -22,7 +23,7 @@ def _checked(img: str) -> str:
 @cli.command()
 def status(img: str) -> None:
     """Show the current status of one image."""
-    body = VideoQueries(ctx().db).status(_checked(img))
+    body = status_body(VideoQueries(ctx().db).status(_checked(img)))
     table = Table("field", "value", show_header=False)
     for field, value in body.items():
         table.add_row(field, _cell(value))
@@ -34,7 +35,7 @@ def history(img: str, limit: int = 1000) -> None:
     """Show every transition of one image."""
     page = VideoQueries(ctx().db).history(_checked(img), limit=limit, cursor=None)
     table = Table("v", "when", "event", "from → to", "actor", "reason")
-    for item in page.items:
+    for item in map(transition_body, page.items):
         table.add_row(
             str(item["version"]),
             item["occurred_at"],

@@ -174,7 +174,9 @@ idempotency_keys = Table(
     Column("img_name", IMG_NAME, nullable=False),
     Column("key", String(255), nullable=False),
     Column("request_hash", String(64), nullable=False),
-    Column("status_code", SmallInteger, nullable=False),
+    # The caller's answer (an HTTP status); `answer_status` in code, whatever
+    # the edge stores there. The column keeps its name: the schema is fixed.
+    Column("status_code", SmallInteger, nullable=False, key="answer_status"),
     Column("response", JsonType, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     PrimaryKeyConstraint("img_name", "key"),

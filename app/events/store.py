@@ -8,7 +8,7 @@ version) leaves as `ConcurrencyConflict`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,15 +64,15 @@ def append(
     another writer got there first; the caller's transaction is then unusable
     and must be rolled back.
     """
-    recorded: list[RecordedEvent] = []
+    appended: list[RecordedEvent] = []
     backend = backend_of(conn)
     stmt = _append_statement(backend)
     for offset, ev in enumerate(new, start=1):
         version = expected_version + offset
-        with _conflict_on_version(backend, img_name, expected_version):
-            ((position, recorded_at, tx_id),) = stmt.run(conn, _values(img_name, version, ev))
-        recorded.append(_recorded(img_name, version, ev, position, recorded_at, tx_id))
-    return recorded
+        with conflict_on_version(backend, img_name, expected_version):
+            ((position, recorded_at, tx_id),) = stmt.run(conn, event_values(img_name, version, ev))
+        appended.append(recorded(img_name, version, ev, position, recorded_at, tx_id))
+    return appended
 
 
 def pending(img_name: str, version: int, ev: NewEvent, recorded_at: datetime) -> RecordedEvent:
@@ -80,42 +80,13 @@ def pending(img_name: str, version: int, ev: NewEvent, recorded_at: datetime) ->
     clock read `recorded_at` with its locked row (see `Backend.locked_clock`).
 
     Its position (0 here) and tx_id (None) are known only once it is
-    appended with `append_projected`, which returns them.
+    appended (see `app.projections.projector.append`).
     """
-    return _recorded(img_name, version, ev, 0, recorded_at, None)
-
-
-def can_append_projected(conn: Connection) -> bool:
-    """Whether `append_projected` works on this connection's database."""
-    return _append_projected_statement(backend_of(conn)) is not None
-
-
-def append_projected(
-    conn: Connection, event: RecordedEvent, row: Mapping[str, Any]
-) -> RecordedEvent:
-    """Append `event` (made by `pending`) and upsert its projected status `row`,
-    in one statement.
-
-    `row` holds every status column; its `last_position` is ignored and
-    stored as the position the database gives the event. Returns `event`
-    with that position and its tx_id. Raises `ConcurrencyConflict` as
-    `append` does (the stream must still be at `event.version - 1`).
-    Only where `can_append_projected`.
-    """
-    backend = backend_of(conn)
-    stmt = _append_projected_statement(backend)
-    assert stmt is not None, "append_projected needs a database that can fuse the two"
-    params = _values(event.img_name, event.version, event)
-    params["recorded_at"] = event.recorded_at
-    for name, value in row.items():
-        params[PROJECTED_PREFIX + name] = value
-    with _conflict_on_version(backend, event.img_name, event.version - 1):
-        ((position, recorded_at, tx_id),) = stmt.run(conn, params)
-    return _recorded(event.img_name, event.version, event, position, recorded_at, tx_id)
+    return recorded(img_name, version, ev, 0, recorded_at, None)
 
 
 @contextmanager
-def _conflict_on_version(backend: Backend, img_name: str, expected_version: int) -> Iterator[None]:
+def conflict_on_version(backend: Backend, img_name: str, expected_version: int) -> Iterator[None]:
     """Turn a lost race on UNIQUE(img_name, version) into `ConcurrencyConflict`."""
     try:
         yield
@@ -128,7 +99,7 @@ def _conflict_on_version(backend: Backend, img_name: str, expected_version: int)
         ) from exc
 
 
-def _values(img_name: str, version: int, ev: NewEvent | RecordedEvent) -> dict[str, Any]:
+def event_values(img_name: str, version: int, ev: NewEvent | RecordedEvent) -> dict[str, Any]:
     """The log row's values that an append binds (the database adds the rest)."""
     return {
         "event_id": ev.event_id,
@@ -146,7 +117,7 @@ def _values(img_name: str, version: int, ev: NewEvent | RecordedEvent) -> dict[s
     }
 
 
-def _recorded(
+def recorded(
     img_name: str,
     version: int,
     ev: NewEvent | RecordedEvent,
@@ -194,10 +165,10 @@ APPENDED_COLUMNS = [
 def _append_statement(backend: Backend) -> Statement:
     """The INSERT … RETURNING of one event, built once per backend (building
     it per append costs more than the round trip)."""
-    return Statement(_append_insert(backend), prepare=True)
+    return Statement(append_insert(backend), prepare=True)
 
 
-def _append_insert(backend: Backend, *, clock_bound: bool = False) -> Insert:
+def append_insert(backend: Backend, *, clock_bound: bool = False) -> Insert:
     """The INSERT … RETURNING of one event; `clock_bound`: its `recorded_at`
     is a parameter (a database clock the caller read), else the database's
     clock at the insert."""
@@ -223,23 +194,6 @@ _STREAM_VERSION_UNIQUE = next(
     for c in events.constraints
     if isinstance(c, UniqueConstraint) and set(c.columns.keys()) == {"img_name", "version"}
 )
-
-#: How `append_projected` names the status row's parameters, apart from the event's.
-PROJECTED_PREFIX = "row_"
-
-
-@functools.lru_cache(maxsize=4)
-def _append_projected_statement(backend: Backend) -> Statement | None:
-    """The append's INSERT and the status upsert as one statement (None where
-    the database cannot), built once per backend."""
-    return backend.fuse_insert_and_upsert(
-        _append_insert(backend, clock_bound=True),
-        image_status,
-        [c.name for c in image_status.columns if not c.primary_key],
-        "img_name",
-        {"last_position": "position"},
-        prefix=PROJECTED_PREFIX,
-    )
 
 
 def to_event(row: Any) -> RecordedEvent:

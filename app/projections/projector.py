@@ -15,6 +15,7 @@ from sqlalchemy import Connection, bindparam, literal_column, select, true
 from app.db.backend import Backend, backend_of
 from app.db.statement import Statement
 from app.db.tables import image_status, projection_state
+from app.db.unit_of_work import UnitOfWork
 from app.events import store
 from app.events.types import NewEvent, RecordedEvent
 from app.projections import status
@@ -96,27 +97,62 @@ def _lock_with_clock(backend: Backend) -> Statement | None:
     return Statement(select(*locked_row.c, clock.label("clock")).select_from(found))
 
 
-def append(
-    conn: Connection, current: Current, new: list[NewEvent]
-) -> tuple[list[RecordedEvent], StatusRow]:
+def append(uow: UnitOfWork, current: Current, new: NewEvent) -> StatusRow:
     """Append `new` to the stream of `current.img_name`, at `current`'s version,
-    and project it. Returns the recorded events and the new row.
+    and project it; the recorded event joins `uow.appended`. Returns the new row.
 
-    With a transaction clock (PostgreSQL) a single event and its row go in
-    one statement: the row is folded first, from the event as it will be
+    Where the backend fuses an insert with an upsert (and `current` has the
+    clock the event will be recorded at), the event and its row go in one
+    statement: the row is folded first, from the event as it will be
     recorded, and the statement fills in the one thing only the database
-    knows, the event's position (`last_position`). Otherwise the events are
-    appended, then their folded row is upserted. Either way the fold is
+    knows, the event's position (`last_position`). Otherwise the event is
+    appended, then its folded row upserted. Either way the fold is
     `status.apply`. Raises `ConcurrencyConflict` like `store.append`.
     """
-    if current.clock is not None and len(new) == 1 and store.can_append_projected(conn):
-        pending = store.pending(current.img_name, current.version + 1, new[0], current.clock)
+    fused = _append_projected_statement(uow.backend)
+    if current.clock is not None and fused is not None:
+        pending = store.pending(current.img_name, current.version + 1, new, current.clock)
         row = apply(current.row, pending)
-        event = store.append_projected(conn, pending, row.as_values())
+        event = _append_projected(uow, fused, pending, row)
         row.last_position = event.position
-        return [event], row
-    recorded = store.append(conn, current.img_name, current.version, new)
-    return recorded, project(conn, current.row, recorded)
+    else:
+        (event,) = store.append(uow.conn, current.img_name, current.version, [new])
+        row = project(uow.conn, current.row, [event])
+    uow.appended.append(event)
+    return row
+
+
+#: How the fused statement names the status row's parameters, apart from the event's.
+_ROW_PREFIX = "row_"
+
+
+def _append_projected(
+    uow: UnitOfWork, fused: Statement, event: RecordedEvent, row: StatusRow
+) -> RecordedEvent:
+    """Append `event` (made by `store.pending`) and upsert its folded `row`, in
+    one statement. The row's `last_position` is stored as the position the
+    database gives the event."""
+    params = store.event_values(event.img_name, event.version, event)
+    params["recorded_at"] = event.recorded_at
+    for name, value in row.as_values().items():
+        params[_ROW_PREFIX + name] = value
+    with store.conflict_on_version(uow.backend, event.img_name, event.version - 1):
+        ((position, recorded_at, tx_id),) = fused.run(uow.conn, params)
+    return store.recorded(event.img_name, event.version, event, position, recorded_at, tx_id)
+
+
+@functools.lru_cache(maxsize=4)
+def _append_projected_statement(backend: Backend) -> Statement | None:
+    """The event's INSERT and the status upsert as one statement (None where
+    the backend cannot fuse them), built once per backend."""
+    return backend.fuse_insert_and_upsert(
+        store.append_insert(backend, clock_bound=True),
+        image_status,
+        [c.name for c in image_status.columns if not c.primary_key],
+        "img_name",
+        {"last_position": "position"},
+        prefix=_ROW_PREFIX,
+    )
 
 
 def project(conn: Connection, row: StatusRow | None, recorded: list[RecordedEvent]) -> StatusRow:

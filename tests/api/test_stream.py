@@ -29,8 +29,8 @@ from app.db.engine import Database
 from app.events.store import FeedFilter
 from app.feed import FeedSignal
 from app.keys import Role, create_key
-from app.queries import Page, VideoQueries
-from app.service import Actor, VideoService, utcnow
+from app.service import Actor, Page, VideoService, utcnow
+from app.service.queries import VideoQueries
 
 STREAM = "/v1/events/stream"
 #: Bounds every wait; generous, since a loaded CI machine may be slow.

@@ -36,8 +36,8 @@ from app.events import store
 from app.events.types import RecordedEvent
 from app.lifecycle import EventType
 from app.projections.verify import verify
-from app.queries import VideoQueries
 from app.service import Actor, Policy, VideoService
+from app.service.queries import VideoQueries
 from app.video_files import VideoFiles
 from app.worker import loop
 from app.worker.backend import LocalBackend
@@ -559,7 +559,10 @@ def test_a_finished_video_is_recorded_once_a_short_outage_is_over(
     thread.start()
     try:
         # Well inside the 30 s lease: the worker tried again, not the reaper.
-        wait_for(lambda: VideoQueries(database).status("a.png")["video_status"] == "completed", 20)
+        wait_for(
+            lambda: VideoQueries(database).status("a.png").row.video_status == "completed",
+            20,
+        )
     finally:
         worker.stop.set()
         worker.wake.set()

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, delete, insert, pool, text, update
 
+from app.api.views import status_body
 from app.cli import main
 from app.db import migrate
 from app.db.backend import backend_of
@@ -21,8 +22,8 @@ from app.db.engine import Database, open_database
 from app.db.tables import events, image_status
 from app.projections import rebuild, verify
 from app.projections import status as projection
-from app.queries import VideoQueries
 from app.service import Actor, VideoService
+from app.service.queries import VideoQueries
 
 ME = Actor("tester")
 
@@ -80,7 +81,7 @@ def test_drift_is_found_named_and_repaired_by_rebuild(
     assert "img2.png" not in printed
     assert main(["projections", "rebuild", "--batch", "100"]) == 0
     assert main(["projections", "verify"]) == 0
-    status = VideoQueries(database).status("img0.png")
+    status = status_body(VideoQueries(database).status("img0.png"))
     assert (status["video_status"], status["has_video"]) == ("completed", True)
 
 
@@ -292,7 +293,7 @@ def test_upgrade_from_the_previous_revision_backfills_timings_by_replay(
     db = open_database(old_url)
     try:
         q = VideoQueries(db)
-        a, b = q.status("a.png"), q.status("b.png")
+        a, b = status_body(q.status("a.png")), status_body(q.status("b.png"))
         assert (a["queued_seconds"], a["generation_seconds"]) == (4.0, 6.5)
         assert (b["queued_seconds"], b["generation_seconds"]) == (None, None)
         [info] = q.projections()

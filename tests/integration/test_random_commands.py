@@ -63,7 +63,7 @@ def test_projection_equals_the_fold_after_any_sequence(
             elif name == "cancel":
                 answer = svc.cancel_video(img, ME)
                 assert current in ACTIVE
-                model[img] = Status(answer.body["video_status"])
+                model[img] = answer.row.video_status
             elif name == "retry":
                 svc.retry_video(img, ME)
                 assert current in (Status.FAILED, Status.CANCELLED)
@@ -89,8 +89,8 @@ def test_projection_equals_the_fold_after_any_sequence(
                     svc.heartbeat(img, token, 0.5)
                 else:
                     retryable = name == "fail_retryable"
-                    body = svc.fail_task(img, token, "generator.crashed", "x", retryable)
-                    model[img] = Status(body["video_status"])
+                    state = svc.fail_task(img, token, "generator.crashed", "x", retryable)
+                    model[img] = state.row.video_status
                 assert current is Status.PROCESSING
                 if model[img] is not Status.PROCESSING:
                     del tokens[img]

@@ -16,8 +16,8 @@ from app.db.engine import Database
 from app.errors import Forbidden
 from app.events import store
 from app.keys import Role, create_key
-from app.queries import VideoQueries
 from app.service import Actor, VideoService, utcnow
+from app.service.queries import VideoQueries
 from app.worker.backend import RemoteBackend
 from app.worker.generators import KenBurnsGenerator
 from app.worker.loop import Worker, WorkerConfig
@@ -52,7 +52,7 @@ def test_a_remote_worker_makes_the_video_through_the_http_api(
     thread.start()
     try:
         q = VideoQueries(database)
-        wait_for(lambda: q.status("cat.png")["video_status"] == "completed")
+        wait_for(lambda: q.status("cat.png").row.video_status == "completed")
     finally:
         worker.stop.set()
         worker.wake.set()
@@ -60,7 +60,7 @@ def test_a_remote_worker_makes_the_video_through_the_http_api(
     with database.read() as conn:
         actors = [e.actor for e in store.read_stream(conn, "cat.png")]
     assert actors == ["app", "worker:gpu1", "worker:gpu1"]
-    assert (settings.videos_dir / q.status("cat.png")["video_filename"]).stat().st_size > 0
+    assert (settings.videos_dir / q.status("cat.png").row.video_filename).stat().st_size > 0
 
 
 def test_a_remote_worker_with_a_read_key_is_refused(server: str, database: Database) -> None:

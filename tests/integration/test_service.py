@@ -6,12 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app.api.views import status_body
 from app.db.engine import Database
 from app.errors import InvalidTransition, LeaseLost, VideoExists, VideoInProgress
 from app.events import store
 from app.lifecycle import EventType
-from app.queries import VideoQueries
-from app.service import Actor, Policy, VideoService
+from app.service import Actor, Policy, VideoService, VideoState
+from app.service.queries import VideoQueries
 
 ME = Actor("tester", correlation_id="req-1")
 
@@ -52,11 +53,11 @@ def test_request_claim_complete(
     svc: VideoService, queries: VideoQueries, database: Database
 ) -> None:
     answer = svc.request_video("a.png", "role_card", ME, prompt="zoom")
-    assert (answer.status_code, answer.body["video_status"]) == (202, "pending")
+    assert isinstance(answer, VideoState) and answer.row.video_status == "pending"
     task = svc.claim_task("w1")
     assert task is not None and (task.img_name, task.attempt, task.generation) == ("a.png", 1, 1)
     assert svc.claim_task("w2") is None  # nothing else is due
-    body = svc.complete_task("a.png", task.lease_token, "a.png.g1.mp4")
+    body = status_body(svc.complete_task("a.png", task.lease_token, "a.png.g1.mp4"))
     assert body["has_video"] and body["video_status"] == "completed"
     assert _types(database, "a.png") == [
         "VideoRequested",
@@ -119,7 +120,7 @@ def test_a_stale_lease_token_is_fenced_off(
         svc.complete_task("a.png", first.lease_token, "zombie.mp4")
     with pytest.raises(LeaseLost):
         svc.heartbeat("a.png", first.lease_token, 0.5)
-    body = svc.complete_task("a.png", second.lease_token, "good.mp4")
+    body = status_body(svc.complete_task("a.png", second.lease_token, "good.mp4"))
     assert body["video_filename"] == "good.mp4"
     assert _types(database, "a.png").count("VideoCompleted") == 1
 
@@ -145,13 +146,13 @@ def test_heartbeats_extend_the_lease_and_carry_progress_and_cancel(
     beat = svc.heartbeat("a.png", task.lease_token, 0.25)
     assert beat.lease_expires_at == clock.now + timedelta(seconds=30)
     assert not beat.cancel_requested
-    assert queries.status("a.png")["progress"] == 0.25
+    assert queries.status("a.png").progress == 0.25
     clock.advance(20)  # past the first expiry, within the extended one
     assert svc.reap_expired_leases() == 0
-    answer = svc.cancel_video("a.png", ME)
-    assert answer.body["cancel_requested"] and answer.body["video_status"] == "processing"
+    answer = status_body(svc.cancel_video("a.png", ME))
+    assert answer["cancel_requested"] and answer["video_status"] == "processing"
     assert svc.heartbeat("a.png", task.lease_token).cancel_requested
-    body = svc.acknowledge_cancel("a.png", task.lease_token)
+    body = status_body(svc.acknowledge_cancel("a.png", task.lease_token))
     assert body["video_status"] == "cancelled"
 
 
@@ -163,7 +164,9 @@ def test_retryable_failures_back_off_until_attempts_run_out(
     for attempt in (1, 2, 3):
         task = svc.claim_task("w1")
         assert task is not None and task.attempt == attempt
-        body = svc.fail_task("a.png", task.lease_token, "generator.timeout", "too slow", True)
+        body = status_body(
+            svc.fail_task("a.png", task.lease_token, "generator.timeout", "too slow", True)
+        )
         if attempt < 3:
             assert body["video_status"] == "pending"
             assert body["error"]["code"] == "generator.timeout"
@@ -180,10 +183,12 @@ def test_a_non_retryable_failure_fails_at_once_and_can_be_retried(svc: VideoServ
     svc.request_video("a.png", "scene", ME)
     task = svc.claim_task("w1")
     assert task is not None
-    body = svc.fail_task("a.png", task.lease_token, "image.not_found", "no such image", False)
+    body = status_body(
+        svc.fail_task("a.png", task.lease_token, "image.not_found", "no such image", False)
+    )
     assert body["video_status"] == "failed"
-    answer = svc.retry_video("a.png", ME, reason="image uploaded")
-    assert (answer.body["video_status"], answer.body["attempts"], answer.body["generation"]) == (
+    answer = status_body(svc.retry_video("a.png", ME, reason="image uploaded"))
+    assert (answer["video_status"], answer["attempts"], answer["generation"]) == (
         "pending",
         0,
         1,
@@ -213,7 +218,7 @@ def test_released_tasks_go_back_without_using_an_attempt(svc: VideoService) -> N
     svc.request_video("a.png", "scene", ME)
     task = svc.claim_task("w1")
     assert task is not None
-    body = svc.release_task("a.png", task.lease_token)
+    body = status_body(svc.release_task("a.png", task.lease_token))
     assert (body["video_status"], body["attempts"]) == ("pending", 0)
     again = svc.claim_task("w2")
     assert again is not None and again.attempt == 1
@@ -227,11 +232,12 @@ def test_status_as_of_a_version_or_time_folds_the_log(
     task = svc.claim_task("w1")
     assert task is not None
     svc.complete_task("a.png", task.lease_token, "a.mp4")
-    assert queries.status_as_of("a.png", version=1)["video_status"] == "pending"
-    assert queries.status_as_of("a.png", version=2)["video_status"] == "processing"
-    assert queries.status_as_of("a.png", at=before)["version"] == 0
-    now = queries.status("a.png")
-    assert queries.status_as_of("a.png", at=datetime.now(UTC) + timedelta(seconds=5)) == {
+    assert status_body(queries.status_as_of("a.png", version=1))["video_status"] == "pending"
+    assert status_body(queries.status_as_of("a.png", version=2))["video_status"] == "processing"
+    assert status_body(queries.status_as_of("a.png", at=before))["version"] == 0
+    now = status_body(queries.status("a.png"))
+    later = datetime.now(UTC) + timedelta(seconds=5)
+    assert status_body(queries.status_as_of("a.png", at=later)) == {
         **now,
         "progress": None,
     }

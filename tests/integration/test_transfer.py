@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select
 
+from app.api.idempotency import idempotency
+from app.api.views import status_body, transition_body
 from app.cli import main
 from app.db.engine import Database, open_database
 from app.db.tables import events
@@ -23,8 +25,8 @@ from app.events.types import DEFAULT_PARAMS
 from app.export_format import TransferFileError, check_file
 from app.projections.rebuild import rebuild
 from app.projections.verify import verify
-from app.queries import VideoQueries
-from app.service import Actor, Idempotency, Policy, VideoService
+from app.service import Actor, Policy, VideoService
+from app.service.queries import VideoQueries
 from app.transfer import DivergedLog, export_events, import_events
 from tests.conftest import upgrade_and_build
 
@@ -62,7 +64,7 @@ class Driver:
 
     def request(self, name: str, *, regenerate: bool = False, n: int = 0) -> None:
         body = {"prompt": f"slow zoom {n}", "params": {"fps": 12 + n % 3}}
-        idem = Idempotency.of(f"key-{name}-{n}-{regenerate}", "request", body, 202)
+        idem = idempotency(f"key-{name}-{n}-{regenerate}", "request", body, 202)
         self.svc.request_video(
             name,
             "role_card" if n % 2 else "scene",
@@ -309,9 +311,9 @@ def test_round_trip_sqlite_to_postgresql(
 
         src, dst = VideoQueries(source), VideoQueries(target)
         for name in mixed_source.names:
-            assert dst.status(name) == src.status(name), name
+            assert status_body(dst.status(name)) == status_body(src.status(name)), name
             assert _history(target, name) == _history(source, name), name
-        statuses = {src.status(n)["video_status"] for n in mixed_source.names}
+        statuses = {src.status(n).row.video_status.value for n in mixed_source.names}
         assert statuses == {"none", "pending", "processing", "completed", "failed", "cancelled"}
 
         # The target's feed holds the same events in the same order: its own
@@ -367,7 +369,7 @@ def test_a_later_export_imports_only_what_is_new(
     assert (report.imported, report.skipped) == (1, 2)
     rebuild(database)
     assert verify(database).ok
-    assert VideoQueries(database).status("c.png")["prompt"] == "zoom on c.png"
+    assert VideoQueries(database).status("c.png").row.prompt == "zoom on c.png"
 
 
 def test_a_diverged_log_is_refused_and_its_batch_is_not_written(
@@ -411,11 +413,12 @@ def test_v1_requests_keep_their_schema_and_are_read_upcast(
         raw = conn.execute(select(events.c.schema_version, events.c.data)).one()
     assert raw.schema_version == 1
     assert "params" not in raw.data  # the stored row is as it was written
-    [item] = VideoQueries(database).history("old.png", limit=10, cursor=None).items
+    [event] = VideoQueries(database).history("old.png", limit=10, cursor=None).items
+    item = transition_body(event)
     assert item["schema_version"] == 1
     assert item["data"]["params"] == DEFAULT_PARAMS
     assert item["occurred_at"] == "2024-05-01T12:00:00.654321Z"
-    assert VideoQueries(database).status("old.png")["video_status"] == "pending"
+    assert VideoQueries(database).status("old.png").row.video_status == "pending"
 
 
 # --- files that are not exports -------------------------------------------------
@@ -568,7 +571,7 @@ def test_the_commands_move_a_deployment(
     assert "no drift" in shown.err
     src, dst = VideoQueries(small_source), VideoQueries(database)
     for name in ("a.png", "b.png", "c.png"):
-        assert dst.status(name) == src.status(name)
+        assert status_body(dst.status(name)) == status_body(src.status(name))
 
     assert main(["events", "import", str(path)]) == 0
     shown = capsys.readouterr()

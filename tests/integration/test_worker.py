@@ -15,12 +15,13 @@ from typing import Any
 import av
 import pytest
 
+from app.api.views import status_body
 from app.config import Settings
 from app.db.engine import Database
 from app.events import store
 from app.lifecycle import EventType
-from app.queries import VideoQueries
 from app.service import Actor, Policy, VideoService
+from app.service.queries import VideoQueries
 from app.video_files import VideoFiles
 from app.worker.backend import LocalBackend
 from app.worker.generators import (
@@ -104,8 +105,8 @@ def test_a_requested_image_becomes_a_playable_mp4(
     svc.request_video("cat.png", "scene", ME, params={"duration_seconds": 1.0, "fps": 12})
     running.start(svc, dirs, "w1")
     q = VideoQueries(database)
-    wait_for(lambda: q.status("cat.png")["video_status"] == "completed")
-    status = q.status("cat.png")
+    wait_for(lambda: q.status("cat.png").row.video_status == "completed")
+    status = status_body(q.status("cat.png"))
     path = dirs[1] / status["video_filename"]
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -157,14 +158,14 @@ def test_retryable_failures_end_failed_after_max_attempts_with_backoff(
     svc.request_video("a.png", "scene", ME)
     running.start(svc, dirs, "w1", generator=AlwaysFlaky())
     q = VideoQueries(database)
-    wait_for(lambda: q.status("a.png")["video_status"] == "failed")
+    wait_for(lambda: q.status("a.png").row.video_status == "failed")
     events = history(database, "a.png")
     retries = [e for e in events if e.event_type is EventType.RETRY_SCHEDULED]
     assert len(retries) == 2  # MAX_ATTEMPTS 3: two retries, then failed
     for r in retries:
         assert r.data["error"]["code"] == "generator.timeout"
         assert r.data["not_before"] > r.recorded_at.isoformat()  # a real backoff
-    final = q.status("a.png")
+    final = status_body(q.status("a.png"))
     assert (final["attempts"], final["error"]["code"]) == (3, "generator.timeout")
 
 
@@ -204,9 +205,9 @@ def test_cancel_during_processing_stops_generation_and_ends_cancelled(
     running.start(svc, dirs, "w1", generator=slow)
     assert slow.started.wait(30)
     q = VideoQueries(database)
-    wait_for(lambda: (q.status("a.png")["progress"] or 0) > 0)  # heartbeats carry progress
+    wait_for(lambda: (q.status("a.png").progress or 0) > 0)  # heartbeats carry progress
     svc.cancel_video("a.png", ME)
-    wait_for(lambda: q.status("a.png")["video_status"] == "cancelled", timeout=20)
+    wait_for(lambda: q.status("a.png").row.video_status == "cancelled", timeout=20)
     last = history(database, "a.png")[-1]
     assert last.event_type is EventType.CANCELLED and last.actor == "worker:w1"
     assert not list(dirs[1].glob("*.mp4")), "a cancelled generation leaves no file"
@@ -227,7 +228,7 @@ def test_shutdown_releases_a_running_task_without_using_an_attempt(
     worker.wake.set()
     thread.join(30)
     assert not thread.is_alive()
-    status = VideoQueries(database).status("a.png")
+    status = status_body(VideoQueries(database).status("a.png"))
     assert (status["video_status"], status["attempts"]) == ("pending", 0)
     assert history(database, "a.png")[-1].data["released"] is True
 
@@ -244,12 +245,12 @@ def test_hostile_names_never_read_outside_the_images_folder(
     q = VideoQueries(database)
     wait_for(
         lambda: all(
-            q.status(n)["video_status"] == "failed"
+            q.status(n).row.video_status == "failed"
             for n in ("link.png", "..%2Fsecret.png", "~root")
         )
     )
     for name in ("link.png", "..%2Fsecret.png", "~root"):
-        error = q.status(name)["error"]
+        error = status_body(q.status(name))["error"]
         assert error["code"] == "image.not_found" and not error["retryable"]
     assert not list(dirs[1].glob("*.mp4"))
 
@@ -278,7 +279,7 @@ def test_a_worker_killed_mid_generation_is_recovered_by_the_reaper(
     proc = _worker_process(settings, {"lease_seconds": "2"})
     q = VideoQueries(database)
     try:
-        wait_for(lambda: q.status("big.png")["video_status"] == "processing", timeout=60)
+        wait_for(lambda: q.status("big.png").row.video_status == "processing", timeout=60)
         time.sleep(0.5)
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -288,7 +289,7 @@ def test_a_worker_killed_mid_generation_is_recovered_by_the_reaper(
     running.start(
         svc, (settings.images_dir, settings.videos_dir), "rescuer", task_timeout_seconds=120
     )
-    wait_for(lambda: q.status("big.png")["video_status"] == "completed", timeout=120)
+    wait_for(lambda: q.status("big.png").row.video_status == "completed", timeout=120)
     events = history(database, "big.png")
     retry = next(e for e in events if e.event_type is EventType.RETRY_SCHEDULED)
     assert retry.actor == "system:reaper"
@@ -307,7 +308,7 @@ def test_sigterm_during_a_task_releases_it_and_exits_0(
     proc = _worker_process(settings, {"shutdown_grace_seconds": "0.5"})
     q = VideoQueries(database)
     try:
-        wait_for(lambda: q.status("big.png")["video_status"] == "processing", timeout=60)
+        wait_for(lambda: q.status("big.png").row.video_status == "processing", timeout=60)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -315,6 +316,6 @@ def test_sigterm_during_a_task_releases_it_and_exits_0(
             proc.kill()
             proc.communicate(timeout=10)
     assert proc.returncode == 0, out.decode()
-    status = q.status("big.png")
+    status = status_body(q.status("big.png"))
     assert (status["video_status"], status["attempts"]) == ("pending", 0)
     assert b"released" in out

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from app.views import iso
+from app.api.views import iso
 
 
 @pytest.mark.parametrize(

@@ -9,10 +9,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.api.deps import Admin, Queries
 from app.api.errors import problem, responses
 from app.api.schemas import ProjectionList, VerifyResult
+from app.api.views import iso
 from app.errors import NotFound, Unavailable
 from app.projections.state import EXPECTED
 from app.projections.verify import verify
-from app.views import iso
 
 router = APIRouter(tags=["admin"])
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, Response
 from app.api.deps import Queries, Reader
 from app.api.errors import responses
 from app.api.schemas import EventPage, SourceType, Stats
+from app.api.views import event_body
 from app.errors import ValidationFailed
 from app.events.store import FeedFilter
 from app.lifecycle import EventType
@@ -53,7 +54,8 @@ def list_events(
         ),
         tail=tail,
     )
-    return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
+    items = [event_body(item) for item in page.items]
+    return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
 
 @router.get(

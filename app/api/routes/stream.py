@@ -22,12 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import Queries, Reader
 from app.api.errors import responses
 from app.api.schemas import SourceType
+from app.api.views import event_body
 from app.errors import Unavailable, ValidationFailed
 from app.events.store import FeedFilter
-from app.events.types import Json
 from app.feed import IDLE_POLL_SECONDS, FeedSignal
 from app.lifecycle import EventType
-from app.queries import Page, VideoQueries
+from app.service import Page
+from app.service.queries import VideoQueries
+from app.service.results import FeedEvent
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["events"])
@@ -72,15 +74,20 @@ _STREAM_DOC = {
 }
 
 
-def _message(item: Json) -> ServerSentEvent:
+def _message(item: FeedEvent) -> ServerSentEvent:
     # Same JSON as JSONResponse writes for /v1/events; one line, since
     # json.dumps escapes newlines inside strings.
-    data = json.dumps(item, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return ServerSentEvent(data=data, id=str(item["cursor"]), event=str(item["event_type"]))
+    body = event_body(item)
+    data = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return ServerSentEvent(data=data, id=item.cursor, event=item.event.event_type.value)
 
 
 async def _follow(
-    q: VideoQueries, filters: FeedFilter, first: Page, signal: FeedSignal, shutdown: anyio.Event
+    q: VideoQueries,
+    filters: FeedFilter,
+    first: Page[FeedEvent],
+    signal: FeedSignal,
+    shutdown: anyio.Event,
 ) -> AsyncIterator[ServerSentEvent]:
     """Emit `first`, then every later event, until the client or the server goes away.
 
@@ -114,7 +121,7 @@ async def _follow(
                 # stream open (pings go on) and read from the same cursor after
                 # an idle wait: nothing is skipped, and no reconnect is needed.
                 log.warning("event stream: %s", exc.detail)
-                page = Page(items=[], next_cursor=page.next_cursor)
+                page = Page[FeedEvent](items=[], next_cursor=page.next_cursor)
                 sleep = True
                 continue
             sleep = len(page.items) < PAGE_SIZE

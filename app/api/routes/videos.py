@@ -14,6 +14,7 @@ from pydantic import ValidationError as PydanticValidationError
 from app.api.deps import Queries, Reader, Service, Writer, access, actor, queries_of
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
+from app.api.idempotency import idempotency, respond
 from app.api.paths import IMG
 from app.api.schemas import (
     BatchStatusIn,
@@ -29,10 +30,9 @@ from app.api.schemas import (
     VideoStatusName,
     as_of_parameters,
 )
+from app.api.views import status_body, status_path, transition_body
 from app.errors import NotFound, RangeNotSatisfiable, ValidationFailed
 from app.lifecycle import Status
-from app.service import Answer, Idempotency
-from app.views import status_path
 
 router = APIRouter(prefix="/v1", tags=["videos"])
 
@@ -49,16 +49,9 @@ READ_ERRORS = responses(401, 403, 422)
 WRITE_ERRORS = responses(401, 403, 409, 413, 422)
 
 
-def _answer(answer: Answer, headers: dict[str, str] | None = None) -> JSONResponse:
-    response = JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
-    if answer.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return response
-
-
 def _json(body: Any) -> Response:
     # orjson, and no response model to validate against: the hot reads answer
-    # plain dicts that `app/views.py` built and `app/api/schemas.py` documents.
+    # plain dicts that `app/api/views.py` built and `app/api/schemas.py` documents.
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -80,10 +73,8 @@ def request_video(
     svc: Service,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    idem = None
-    if idempotency_key is not None:
-        idem = Idempotency.of(idempotency_key, "request", body.model_dump(), 202)
-    answer = svc.request_video(
+    idem = idempotency(idempotency_key, "request", body.model_dump(), 202)
+    outcome = svc.request_video(
         body.img_name,
         body.source_type,
         actor(request, principal),
@@ -92,7 +83,7 @@ def request_video(
         regenerate=body.regenerate,
         idem=idem,
     )
-    return _answer(answer, _location(body.img_name))
+    return respond(outcome, 202, _location(body.img_name))
 
 
 @router.post(
@@ -104,7 +95,7 @@ def request_video(
 def batch_status(body: BatchStatusIn, _: Reader, q: Queries) -> Response:
     # `Reader`, not `ReadAccess`: a caller without a key learns nothing of
     # what is wrong with the body (the body is validated before the route runs).
-    return _json({"items": q.batch(body.img_names)})
+    return _json({"items": [status_body(s) for s in q.batch(body.img_names)]})
 
 
 @router.get(
@@ -132,7 +123,8 @@ def list_videos(
         cursor=cursor,
         name_prefix=name_prefix,
     )
-    return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
+    items = [status_body(s) for s in page.items]
+    return JSONResponse({"items": items, "next_cursor": page.next_cursor})
 
 
 @router.get(
@@ -143,8 +135,8 @@ def list_videos(
 )
 def has_video(img_name: str, request: Request) -> Response:
     # Hot: the caller is checked by the read itself (see `deps.access`).
-    body = queries_of(request).status(_name(img_name), access(request, "read"))
-    return _json({"img_name": img_name, "has_video": body["has_video"]})
+    state = queries_of(request).status(_name(img_name), access(request, "read"))
+    return _json({"img_name": img_name, "has_video": state.row.has_video})
 
 
 @router.get(
@@ -158,10 +150,10 @@ def has_video(img_name: str, request: Request) -> Response:
     summary="The current video file of an image",
 )
 def video_content(img_name: str, request: Request, _: Reader, q: Queries) -> Response:
-    body = q.status(_name(img_name))
-    if not body["has_video"] or body["video_filename"] is None:
+    row = q.status(_name(img_name)).row
+    if not row.has_video or row.video_filename is None:
         raise NotFound(f"{img_name!r} has no video")
-    path = request.app.state.files.path(body["video_filename"])
+    path = request.app.state.files.path(row.video_filename)
     _check_range(request.headers.get("range"), path.stat().st_size)
     return FileResponse(path, media_type="video/mp4")
 
@@ -206,9 +198,8 @@ def history(
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Response:
     page = q.history(_name(img_name), limit=limit, cursor=cursor)
-    return JSONResponse(
-        {"img_name": img_name, "items": page.items, "next_cursor": page.next_cursor}
-    )
+    items = [transition_body(e) for e in page.items]
+    return JSONResponse({"img_name": img_name, "items": items, "next_cursor": page.next_cursor})
 
 
 def _reason(body: ReasonIn | None) -> str | None:
@@ -230,9 +221,10 @@ def cancel_video(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     reason = _reason(body)
-    idem = _idem(idempotency_key, "cancel", {"reason": reason}, 200)
-    return _answer(
-        svc.cancel_video(_name(img_name), actor(request, principal), reason=reason, idem=idem)
+    idem = idempotency(idempotency_key, "cancel", {"reason": reason}, 200)
+    return respond(
+        svc.cancel_video(_name(img_name), actor(request, principal), reason=reason, idem=idem),
+        200,
     )
 
 
@@ -252,14 +244,11 @@ def retry_video(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     reason = _reason(body)
-    idem = _idem(idempotency_key, "retry", {"reason": reason}, 202)
-    return _answer(
-        svc.retry_video(_name(img_name), actor(request, principal), reason=reason, idem=idem)
+    idem = idempotency(idempotency_key, "retry", {"reason": reason}, 202)
+    return respond(
+        svc.retry_video(_name(img_name), actor(request, principal), reason=reason, idem=idem),
+        202,
     )
-
-
-def _idem(key: str | None, operation: str, body: Any, status: int) -> Idempotency | None:
-    return Idempotency.of(key, operation, body, status) if key is not None else None
 
 
 @router.get(
@@ -276,7 +265,7 @@ def get_status(img_name: str, request: Request) -> Response:
     q = queries_of(request)
     name = _name(img_name)
     if not request.scope["query_string"]:
-        return _json(q.status(name, caller))
+        return _json(status_body(q.status(name, caller)))
     as_of = _as_of(request)
     at, version = as_of.at, as_of.version
     if at is not None and version is not None:
@@ -290,8 +279,8 @@ def get_status(img_name: str, request: Request) -> Response:
             errors=[{"loc": ["query", "at"], "msg": "needs a time zone"}],
         )
     if at is not None or version is not None:
-        return _json(q.status_as_of(name, version=version, at=at, access=caller))
-    return _json(q.status(name, caller))
+        return _json(status_body(q.status_as_of(name, version=version, at=at, access=caller)))
+    return _json(status_body(q.status(name, caller)))
 
 
 def _as_of(request: Request) -> StatusAsOf:
@@ -318,7 +307,8 @@ def delete_video(
     reason: Annotated[str | None, Query(max_length=2000)] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    idem = _idem(idempotency_key, "delete", {"reason": reason}, 200)
-    return _answer(
-        svc.delete_video(_name(img_name), actor(request, principal), reason=reason, idem=idem)
+    idem = idempotency(idempotency_key, "delete", {"reason": reason}, 200)
+    return respond(
+        svc.delete_video(_name(img_name), actor(request, principal), reason=reason, idem=idem),
+        200,
     )

@@ -19,7 +19,7 @@ from app.api.schemas import (
     Task,
     VideoStatus,
 )
-from app.views import iso
+from app.api.views import iso, status_body
 
 router = APIRouter(prefix="/v1/worker", tags=["worker"])
 LEASE_ERRORS = responses(401, 403, 409, 413, 422)
@@ -72,8 +72,10 @@ def heartbeat(img_name: str, body: HeartbeatIn, _: Worker, svc: Service) -> Resp
 )
 def complete(img_name: str, body: CompleteIn, _: Worker, svc: Service) -> Response:
     return JSONResponse(
-        svc.complete_task(
-            _name(img_name), body.lease_token, body.video_filename, metadata=body.metadata
+        status_body(
+            svc.complete_task(
+                _name(img_name), body.lease_token, body.video_filename, metadata=body.metadata
+            )
         )
     )
 
@@ -86,8 +88,14 @@ def complete(img_name: str, body: CompleteIn, _: Worker, svc: Service) -> Respon
 )
 def fail(img_name: str, body: FailIn, _: Worker, svc: Service) -> Response:
     return JSONResponse(
-        svc.fail_task(
-            _name(img_name), body.lease_token, body.error_code, body.error_message, body.retryable
+        status_body(
+            svc.fail_task(
+                _name(img_name),
+                body.lease_token,
+                body.error_code,
+                body.error_message,
+                body.retryable,
+            )
         )
     )
 
@@ -99,7 +107,7 @@ def fail(img_name: str, body: FailIn, _: Worker, svc: Service) -> Response:
     summary="Report that the worker stopped after a cancel request",
 )
 def cancelled(img_name: str, body: LeaseIn, _: Worker, svc: Service) -> Response:
-    return JSONResponse(svc.acknowledge_cancel(_name(img_name), body.lease_token))
+    return JSONResponse(status_body(svc.acknowledge_cancel(_name(img_name), body.lease_token)))
 
 
 @router.post(
@@ -109,4 +117,4 @@ def cancelled(img_name: str, body: LeaseIn, _: Worker, svc: Service) -> Response
     summary="Hand a task back unfinished (shutdown); uses no attempt",
 )
 def release(img_name: str, body: LeaseIn, _: Worker, svc: Service) -> Response:
-    return JSONResponse(svc.release_task(_name(img_name), body.lease_token))
+    return JSONResponse(status_body(svc.release_task(_name(img_name), body.lease_token)))

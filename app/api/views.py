@@ -1,14 +1,13 @@
-"""Plain-JSON shapes of the resources the API answers with.
+"""Plain-JSON shapes of the resources the API answers with, made from domain results.
 
-The service stores idempotent answers in these shapes and the API returns
-them as they are, so a replay is byte-for-byte the first answer. The
-pydantic models in `app/api/schemas.py` document the same shapes.
+Idempotent answers are remembered in these shapes and replayed as they
+are, so a replay is byte-for-byte the first answer. The pydantic models in
+`app/api/schemas.py` document the same shapes.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
 
@@ -16,16 +15,7 @@ import orjson
 
 from app.events.types import Json, RecordedEvent
 from app.lifecycle import Status
-from app.projections.status import StatusRow
-
-
-@dataclass(frozen=True, slots=True)
-class VideoState:
-    """An image's projected row plus the live, operational bits of its lease."""
-
-    row: StatusRow
-    progress: float | None = None
-
+from app.service.results import FeedEvent, VideoState
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
 
@@ -98,5 +88,5 @@ def transition_body(ev: RecordedEvent) -> Json:
     }
 
 
-def event_body(ev: RecordedEvent, cursor: str) -> Json:
-    return {"img_name": ev.img_name, "cursor": cursor, **transition_body(ev)}
+def event_body(item: FeedEvent) -> Json:
+    return {"img_name": item.event.img_name, "cursor": item.cursor, **transition_body(item.event)}

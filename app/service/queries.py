@@ -6,11 +6,7 @@ single-row query; a batch is one query whatever its size.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,16 +15,16 @@ from sqlalchemy import Connection, and_, bindparam, func, or_, select
 from app.db.backend import backend_of
 from app.db.engine import Database
 from app.db.tables import events, image_status, leases
-from app.errors import ValidationFailed
 from app.events import store
 from app.events.store import FeedFilter
-from app.events.types import Json
+from app.events.types import Json, RecordedEvent
 from app.keys import Access, CheckedRead
 from app.lifecycle import Status
 from app.projections import status as status_projection
 from app.projections.state import ProjectionInfo, describe
 from app.projections.status import StatusRow, fold, row_from_values
-from app.views import VideoState, event_body, status_body, transition_body
+from app.service.cursors import bad_cursor, decode, encode
+from app.service.results import FeedEvent, Page, VideoState
 
 _STATUS_QUERY = select(
     *[image_status.c[name] for name in status_projection.COLUMNS],
@@ -36,12 +32,6 @@ _STATUS_QUERY = select(
 ).select_from(image_status.outerjoin(leases, leases.c.img_name == image_status.c.img_name))
 #: Built once: building the statement per read cost more than executing it.
 _ONE_STATUS = CheckedRead.of(_STATUS_QUERY.where(image_status.c.img_name == bindparam("img_name")))
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Json]
-    next_cursor: str | None
 
 
 _WIDTH = len(status_projection.COLUMNS)
@@ -52,31 +42,11 @@ def _state(row: Sequence[Any]) -> VideoState:
     return VideoState(row=row_from_values(row[:_WIDTH]), progress=row[_WIDTH])
 
 
-def _never_seen(img_name: str) -> Json:
-    return status_body(VideoState(row=StatusRow(img_name=img_name)))
-
-
-def _encode(payload: list[Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+def _never_seen(img_name: str) -> VideoState:
+    return VideoState(row=StatusRow(img_name=img_name))
 
 
 MAX_INT = 2**31 - 1
-
-
-def bad_cursor(name: str = "cursor") -> ValidationFailed:
-    msg = f"{name} is not one this API gave out"
-    return ValidationFailed(msg, errors=[{"loc": ["query", name], "msg": msg}])
-
-
-def _decode(cursor: str) -> list[Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise bad_cursor() from exc
-    if not isinstance(value, list):
-        raise bad_cursor()
-    return value
 
 
 def _check(conn: Connection, access: Access | None) -> None:
@@ -88,7 +58,7 @@ class VideoQueries:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def status(self, img_name: str, access: Access | None = None) -> Json:
+    def status(self, img_name: str, access: Access | None = None) -> VideoState:
         """The current VideoStatus; an image never seen answers `none`, version 0.
 
         With `access`, the caller is checked in the same statement (raises
@@ -97,7 +67,7 @@ class VideoQueries:
         """
         with self.db.read(replica=True) as conn:
             found = _ONE_STATUS.run(conn, access, {"img_name": img_name})
-        return status_body(_state(found)) if found is not None else _never_seen(img_name)
+        return _state(found) if found is not None else _never_seen(img_name)
 
     def status_as_of(
         self,
@@ -106,14 +76,14 @@ class VideoQueries:
         version: int | None = None,
         at: datetime | None = None,
         access: Access | None = None,
-    ) -> Json:
+    ) -> VideoState:
         """The status as it was at stream `version` or at time `at`, folded from the log."""
         with self.db.read() as conn:
             _check(conn, access)
             stream = store.read_stream(conn, img_name, until_version=version, until_time=at)
-        return status_body(VideoState(row=fold(stream, img_name)))
+        return VideoState(row=fold(stream, img_name))
 
-    def batch(self, img_names: list[str], access: Access | None = None) -> list[Json]:
+    def batch(self, img_names: list[str], access: Access | None = None) -> list[VideoState]:
         """One VideoStatus per name, in the order asked, in one query."""
         wanted = list(dict.fromkeys(img_names))
         with self.db.read(replica=True) as conn:
@@ -121,7 +91,7 @@ class VideoQueries:
             rows = conn.execute(
                 _STATUS_QUERY.where(backend_of(conn).in_list(image_status.c.img_name, wanted))
             ).all()  # one fetchall, not a fetchone per row
-        found = {r.img_name: status_body(_state(r)) for r in rows}
+        found = {r.img_name: _state(r) for r in rows}
         return [found.get(name) or _never_seen(name) for name in img_names]
 
     def list_videos(
@@ -132,7 +102,7 @@ class VideoQueries:
         limit: int,
         cursor: str | None,
         name_prefix: str | None = None,
-    ) -> Page:
+    ) -> Page[VideoState]:
         """Images newest `updated_at` first, with a keyset cursor."""
         query = _STATUS_QUERY
         if name_prefix is not None:
@@ -146,7 +116,7 @@ class VideoQueries:
         if source_type is not None:
             query = query.where(image_status.c.source_type == source_type)
         if cursor is not None:
-            after = _decode(cursor)
+            after = decode(cursor)
             try:
                 at, ident = datetime.fromisoformat(after[0]), int(after[1])
             except (IndexError, TypeError, ValueError) as exc:
@@ -169,15 +139,15 @@ class VideoQueries:
         next_cursor = None
         if more:
             last = rows[-1]._mapping
-            next_cursor = _encode([last["updated_at"].isoformat(), last["_id"]])
-        return Page(items=[status_body(_state(r)) for r in rows], next_cursor=next_cursor)
+            next_cursor = encode([last["updated_at"].isoformat(), last["_id"]])
+        return Page(items=[_state(r) for r in rows], next_cursor=next_cursor)
 
-    def history(self, img_name: str, *, limit: int, cursor: str | None) -> Page:
+    def history(self, img_name: str, *, limit: int, cursor: str | None) -> Page[RecordedEvent]:
         """Transitions of one image, oldest first."""
         after = 0
         if cursor is not None:
             try:
-                after = int(_decode(cursor)[0])
+                after = int(decode(cursor)[0])
             except (IndexError, TypeError, ValueError) as exc:
                 raise bad_cursor() from exc
             if not 0 <= after <= MAX_INT:
@@ -186,12 +156,12 @@ class VideoQueries:
             got = store.read_stream(conn, img_name, after_version=after, limit=limit + 1)
         more = len(got) > limit
         got = got[:limit]
-        next_cursor = _encode([got[-1].version]) if more else None
-        return Page(items=[transition_body(e) for e in got], next_cursor=next_cursor)
+        next_cursor = encode([got[-1].version]) if more else None
+        return Page(items=got, next_cursor=next_cursor)
 
     def events(
         self, *, after: str | None, limit: int, filters: FeedFilter, tail: bool = False
-    ) -> Page:
+    ) -> Page[FeedEvent]:
         """The global feed. `next_cursor` is where to continue (also at the end).
 
         `tail` reads the last `limit` events instead (in feed order), so a
@@ -204,10 +174,8 @@ class VideoQueries:
                 try:
                     page = store.read_all(conn, after=after, limit=limit, filters=filters)
                 except ValueError as exc:
-                    raise ValidationFailed(
-                        "cursor is not one this feed gave out", field="after"
-                    ) from exc
-            items = [event_body(e, store.cursor_of(conn, e)) for e in page.events]
+                    raise bad_cursor("after") from exc
+            items = [FeedEvent(e, store.cursor_of(conn, e)) for e in page.events]
         return Page(items=items, next_cursor=page.cursor)
 
     def stats(self, now: datetime) -> Json:

@@ -1,0 +1,41 @@
+"""The Idempotency-Key header, and how a command's outcome becomes an HTTP answer.
+
+A write's answer is remembered in the command's own transaction (the
+service stores what `answer_of` makes), so a repeat with the same key and
+body replays it byte for byte, with `Idempotent-Replayed: true`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from app.api.views import status_body
+from app.events.types import Json
+from app.service import Idempotency, Outcome, Replayed, VideoState
+
+
+def idempotency(key: str | None, operation: str, body: Any, status: int) -> Idempotency | None:
+    """The service's view of an Idempotency-Key sent with `body`, or None
+    without one. `status` is the answer's status when the command succeeds."""
+    if key is None:
+        return None
+    canonical = json.dumps([operation, body], sort_keys=True, separators=(",", ":"))
+    fingerprint = hashlib.sha256(canonical.encode()).hexdigest()
+
+    def answer(state: VideoState) -> tuple[int, Json]:
+        return status, status_body(state)
+
+    return Idempotency(key=key, fingerprint=fingerprint, answer=answer)
+
+
+def respond(outcome: Outcome, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The HTTP answer to a client command: `status` and the new state, or a replay."""
+    if isinstance(outcome, Replayed):
+        response = JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+    return JSONResponse(status_body(outcome), status_code=status, headers=headers)

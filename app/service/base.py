@@ -1,0 +1,142 @@
+"""What every command shares: policy, actors, the unit of work and its retries.
+
+A command is one unit of work: lock and read the image's row, decide with
+the state machine, append, project, commit. One that loses a race is
+decided again, a bounded number of times; if the new decision is a
+refusal, that refusal is the answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from app import lifecycle
+from app.db.engine import Database
+from app.db.unit_of_work import UnitOfWork, unit_of_work
+from app.errors import ConcurrencyConflict, Unavailable
+from app.events.types import Json, NewEvent, RecordedEvent
+from app.lifecycle import EventType, Status
+from app.projections import projector
+from app.projections.projector import Current
+from app.projections.status import StatusRow
+from app.video_files import VideoFiles
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How often a command is decided again after losing a race.
+CONFLICT_RETRIES = 8
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Numbers that shape retries and leases."""
+
+    max_attempts: int = 3
+    lease_seconds: int = 60
+    backoff_base_seconds: float = 2.0
+    backoff_cap_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who causes an event: an API key's name, `worker:<id>` or `system:reaper`."""
+
+    name: str
+    correlation_id: str | None = None
+
+
+class CommandBase:
+    """The plumbing of the commands of DESIGN §2 over a `Database`.
+
+    `clock` and `jitter` are injectable so that tests can pin time and
+    backoff; both default to the real thing. Events are stamped by the
+    database clock; leases and backoff use `clock`. A fresh request is due
+    from its `recorded_at`, so the two clocks should agree (NTP), as they do
+    on one host; skew only delays a claim by the skew.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        policy: Policy | None = None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        jitter: Callable[[], float] = random.random,
+        on_append: Callable[[list[RecordedEvent]], None] | None = None,
+        files: VideoFiles | None = None,
+    ) -> None:
+        self.db = db
+        self.policy = policy or Policy()
+        self.files = files
+        self.clock = clock
+        self.jitter = jitter
+        self._on_append = on_append
+
+    def _in_transaction(self, work: Callable[[UnitOfWork], T]) -> T:
+        """Run `work` in a unit of work, again after a lost race."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                with unit_of_work(self.db) as uow:
+                    result = work(uow)
+            except ConcurrencyConflict:
+                log.debug("concurrency conflict; deciding again")
+                continue
+            # Only now is the append visible to others: tell the listeners.
+            if self._on_append is not None and uow.appended:
+                self._on_append(uow.appended)
+            return result
+        raise Unavailable("too many concurrent writers on this image; try again")
+
+    @staticmethod
+    def _append(uow: UnitOfWork, current: Current, new: NewEvent) -> StatusRow:
+        row = projector.append(uow, current, new)
+        recorded = uow.appended[-1]
+        log.info(
+            "appended %s",
+            recorded.event_type.value,
+            extra={
+                "img_name": recorded.img_name,
+                "event_type": recorded.event_type.value,
+                "position": recorded.position,
+                "version": recorded.version,
+                "actor": recorded.actor,
+            },
+        )
+        return row
+
+    @staticmethod
+    def _event(
+        row: StatusRow | None,
+        img_name: str,
+        event_type: EventType,
+        data: Json,
+        actor: Actor,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        regenerate: bool = False,
+    ) -> NewEvent:
+        """Ask the state machine, then build the event (raises if refused)."""
+        current = row.video_status if row is not None else Status.NONE
+        target = lifecycle.transition(img_name, current, event_type, regenerate=regenerate)
+        return NewEvent(
+            event_type=event_type,
+            from_status=current,
+            to_status=target,
+            data=data,
+            actor=actor.name,
+            reason=reason,
+            correlation_id=actor.correlation_id,
+            idempotency_key=idempotency_key,
+        )
