@@ -25,6 +25,7 @@ from app.events.store import APPENDED_COLUMNS
 from app.events.upcasters import upcast
 from app.lifecycle import EventType, Status
 from app.progress import Progress, counted
+from app.timestamps import rfc3339
 
 #: The header's `format`, and the one format version this code reads and writes.
 FORMAT = "vidledger-events"
@@ -34,6 +35,8 @@ _HEADER_FIELDS = {"format", "version", "events", "exported_at", "source"}
 _REQUIRED = {*APPENDED_COLUMNS, "recorded_at"}
 #: `position` is the source's, for information only: the target assigns its own.
 _ALLOWED = _REQUIRED | {"position"}
+#: What an event line holds, in this order.
+_EXPORTED = [*APPENDED_COLUMNS, "recorded_at", "position"]
 _NULLABLE_TEXT = ("reason", "correlation_id", "idempotency_key")
 _INT32_MAX = 2**31 - 1
 
@@ -67,22 +70,10 @@ def header_line(events_count: int, source: str) -> str:
 
 
 def event_line(row: Any) -> str:
-    stored = {
-        "event_id": str(row.event_id),
-        "img_name": row.img_name,
-        "version": row.version,
-        "event_type": row.event_type,
-        "schema_version": row.schema_version,
-        "from_status": row.from_status,
-        "to_status": row.to_status,
-        "data": row.data,
-        "actor": row.actor,
-        "reason": row.reason,
-        "correlation_id": row.correlation_id,
-        "idempotency_key": row.idempotency_key,
-        "recorded_at": rfc3339(row.recorded_at),
-        "position": row.position,
-    }
+    """One event as the export stores it: its log row, with text ids and times."""
+    stored = {name: getattr(row, name) for name in _EXPORTED}
+    stored["event_id"] = str(row.event_id)
+    stored["recorded_at"] = rfc3339(row.recorded_at)
     try:
         return json.dumps(stored, ensure_ascii=False, allow_nan=False) + "\n"
     except ValueError as exc:
@@ -90,10 +81,6 @@ def event_line(row: Any) -> str:
             f"event {row.event_id} ({row.img_name!r} v{row.version}) holds a number "
             "JSON cannot carry (NaN or infinity); it cannot be exported"
         ) from exc
-
-
-def rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # --- reading a file -------------------------------------------------------------

@@ -4,7 +4,7 @@
 `on_append` hook, the PostgreSQL LISTEN thread) call `notify()` from any
 thread; each stream reader holds a `FeedSubscription` and awaits it on its
 own event loop. A wake-up carries no data: readers always go back to the
-database, which alone knows what is visible (DESIGN §3).
+database, which alone knows what is visible (`Backend.feed_visible`).
 """
 
 from __future__ import annotations

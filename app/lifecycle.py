@@ -1,4 +1,4 @@
-"""The life of a video as a pure state machine (DESIGN §2).
+"""The life of a video as a pure state machine.
 
 Everything else asks this module what is allowed. It does no I/O and knows
 nothing of storage or HTTP: statuses, event names, the transition table and

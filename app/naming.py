@@ -1,4 +1,4 @@
-"""Input rules for the names vidledger is given (API.md, Input rules).
+"""Input rules for the names vidledger is given (the HTTP API's input rules; see `/docs`).
 
 Pure: the API's models and the CLI both ask here.
 """

@@ -19,12 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text, update
 
+from app import bootstrap
 from app.api import create_app
 from app.config import Settings
-from app.db import migrate
 from app.db.engine import Database, open_database
 from app.db.tables import projection_state
-from app.projections import rebuild, status
+from app.projections import status
 from app.service import Policy, VideoService
 from app.service.queries import VideoQueries
 
@@ -63,13 +63,7 @@ def pg_url_for(dbname: str) -> str:
 
 def upgrade_and_build(url: str) -> None:
     """What `vidledger db upgrade` does: migrate, then build stale projections."""
-    migrate.upgrade(url)
-    db = open_database(url, pool_size=2)
-    try:
-        if rebuild.stale(db):
-            rebuild.rebuild(db)
-    finally:
-        db.dispose()
+    bootstrap.upgrade(url)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The HTTP API (API.md). `create_app` is its composition root."""
+"""The HTTP API, version 1 (OpenAPI at `/docs`). `create_app` is its composition root."""
 
 from app.api.app import create_app
 

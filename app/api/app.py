@@ -13,20 +13,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
+from app import bootstrap
 from app.api import errors
 from app.api.deps import AuthGate
 from app.api.metrics import HttpMetrics, Metrics, StateCollector
 from app.api.middleware import BodyLimit, RequestId
 from app.api.routes import admin, events, me, stream, videos, worker
 from app.config import Settings
-from app.db.engine import Database, open_database
+from app.db.engine import Database
 from app.db.notify import start_listener
-from app.events.types import RecordedEvent
 from app.feed import FeedSignal
-from app.service import Policy, VideoService
-from app.service.queries import VideoQueries
 from app.ui import mount as mount_ui
-from app.video_files import VideoFiles
 from app.worker.backend import LocalBackend
 from app.worker.loop import run_reaper as reaper_loop
 from app.worker.runtime import WakeOnPending, start_embedded
@@ -51,15 +48,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def policy_of(settings: Settings) -> Policy:
-    return Policy(
-        max_attempts=settings.max_attempts,
-        lease_seconds=settings.lease_seconds,
-        backoff_base_seconds=settings.backoff_base_seconds,
-        backoff_cap_seconds=settings.backoff_cap_seconds,
-    )
-
-
 def create_app(
     settings: Settings,
     *,
@@ -73,24 +61,13 @@ def create_app(
     `run_worker` runs the worker loop in-process (the embedded default);
     `run_reaper` alone runs just the expired-lease reaper.
     """
-    database = db or open_database(
-        settings.database_url,
-        pool_size=settings.pool_size,
-        replica_url=settings.read_replica_url,
-    )
+    services = bootstrap.build(settings, db=db)
+    database, service = services.db, services.videos
     owns_db = db is None
     wake = WakeOnPending()
     feed_signal = FeedSignal()
     metrics = Metrics(CollectorRegistry())
-
-    def on_append(recorded: list[RecordedEvent]) -> None:
-        wake(recorded)
-        feed_signal.notify()
-        metrics.on_append(recorded)
-
-    service = VideoService(
-        database, policy_of(settings), on_append=on_append, files=VideoFiles(settings.videos_dir)
-    )
+    services.listeners += [wake, lambda _: feed_signal.notify(), metrics.on_append]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -134,7 +111,7 @@ def create_app(
     app.state.db = database
     app.state.service = service
     app.state.files = service.files
-    app.state.queries = VideoQueries(database)
+    app.state.queries = services.queries
     app.state.auth = AuthGate(database, loopback=is_loopback(host))
     app.state.metrics_registry = metrics.registry
     worker_load: list[Callable[[], tuple[int, int]] | None] = [None]

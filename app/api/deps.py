@@ -1,8 +1,8 @@
 """Request-scoped dependencies: who is calling, and the use cases to call.
 
 Nothing here holds a database connection across the request: each
-use case takes one for its own work and gives it back (DESIGN §8, pool
-starvation).
+use case takes one for its own work and gives it back: a request that held
+one while waiting for another could starve the pool.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # FastAPI answers 400 for a body it cannot even decode (not UTF-8);
-        # API.md calls any malformed body a validation_error (422).
+        # The API calls any malformed body a validation_error (422).
         msg = "malformed JSON: the body could not be decoded as UTF-8 JSON"
         return problem(422, msg, "validation_error", errors=[{"loc": ["body"], "msg": msg}])
     code = _HTTP_CODES.get(exc.status_code, "http_error")

@@ -7,13 +7,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from app import bootstrap
 from app import keys as key_store
 from app.cli.base import cli, ctx, err, out, when
 from app.cli.projections import run_rebuild
 from app.db import migrate
 from app.db.engine import Database
 from app.keys import Role
-from app.projections import rebuild as rebuilder
 from app.service import utcnow
 
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -29,13 +29,13 @@ def db_upgrade() -> None:
     url = ctx().settings.database_url
     migrate.upgrade(url)
     err.print(f"database at revision {migrate.current_revision(url)}")
-    rebuild_if_stale(ctx().db)
+    bootstrap.rebuild_if_stale(ctx().db, run=announced_rebuild)
 
 
-def rebuild_if_stale(db: Database) -> None:
-    if rebuilder.stale(db):
-        err.print("the status projection's version differs from the code's: rebuilding it")
-        run_rebuild(db, batch=5000)
+def announced_rebuild(db: Database) -> None:
+    """A rebuild of a stale projection, told to the operator, with a progress bar."""
+    err.print("the status projection's version differs from the code's: rebuilding it")
+    run_rebuild(db, batch=5000)
 
 
 @db_cli.command("downgrade")

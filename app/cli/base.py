@@ -10,7 +10,8 @@ from rich.console import Console
 
 from app.config import Settings
 from app.db import migrate
-from app.db.engine import Database, open_database
+from app import bootstrap
+from app.db.engine import Database
 from app.errors import ConfigError
 
 log = logging.getLogger("vidledger")
@@ -37,7 +38,7 @@ class Context:
     def db(self) -> Database:
         if self._db is None:
             ensure_migrated(self.settings.database_url)
-            self._db = open_database(self.settings.database_url, pool_size=4)
+            self._db = bootstrap.open_db(self.settings, pool_size=4)
         return self._db
 
     def close(self) -> None:

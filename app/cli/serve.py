@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from app import bootstrap
 from app import keys as key_store
-from app.cli.admin import rebuild_if_stale
+from app.cli.admin import announced_rebuild
 from app.cli.base import cli, ctx, log
 from app.errors import ConfigError
 
@@ -27,7 +28,7 @@ def serve(
     settings = ctx().settings
     bind = host or settings.host
     db = ctx().db  # checks that the schema is current
-    rebuild_if_stale(db)
+    bootstrap.rebuild_if_stale(db, run=announced_rebuild)
     if not is_loopback(bind) and not key_store.has_any_key(db):
         raise ConfigError(
             f"refusing to listen on {bind} with no API keys: create one with "
@@ -57,10 +58,7 @@ def worker_cmd(
     """Run a standalone worker until SIGINT or SIGTERM (then finish or release, exit 0)."""
     import signal
 
-    from app.api.app import policy_of
     from app.db.notify import start_listener
-    from app.service import VideoService
-    from app.video_files import VideoFiles
     from app.worker.backend import LocalBackend, RemoteBackend, TaskBackend
     from app.worker.runtime import build_worker, wake_if_pending
 
@@ -71,8 +69,7 @@ def worker_cmd(
             raise ConfigError("--remote needs --api-key (or VIDLEDGER_API_KEY): a worker key")
         backend = RemoteBackend(remote, api_key)
     else:
-        service = VideoService(ctx().db, policy_of(settings), files=VideoFiles(settings.videos_dir))
-        backend = LocalBackend(service)
+        backend = LocalBackend(bootstrap.build(settings, db=ctx().db).videos)
     w = build_worker(
         settings,
         backend,

@@ -34,7 +34,7 @@ metadata = MetaData(
 
 IMG_NAME = String(500)
 
-#: The append-only log (DESIGN §3). Rows are never updated or deleted.
+#: The append-only log . Rows are never updated or deleted.
 events = Table(
     "video_status_events",
     metadata,
@@ -121,7 +121,7 @@ def status_table(
     )
 
 
-#: The current-status projection (DESIGN §4): one row per image with events.
+#: The current-status projection : one row per image with events.
 image_status = status_table(STATUS_TABLE, metadata)
 
 #: Each projection's version and build record.
@@ -135,7 +135,7 @@ projection_state = Table(
     Column("built_at", UTCDateTime),
 )
 
-#: Operational lease data of tasks being processed; not history (DESIGN §4).
+#: Operational lease data of tasks being processed; not history, never rebuilt.
 leases = Table(
     "video_task_leases",
     metadata,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -35,23 +35,8 @@ from app.events.types import NewEvent, RecordedEvent
 from app.events.upcasters import upcast
 from app.lifecycle import EventType, Status
 
-EVENT_COLUMNS = (
-    events.c.position,
-    events.c.event_id,
-    events.c.img_name,
-    events.c.version,
-    events.c.event_type,
-    events.c.schema_version,
-    events.c.from_status,
-    events.c.to_status,
-    events.c.data,
-    events.c.actor,
-    events.c.reason,
-    events.c.correlation_id,
-    events.c.idempotency_key,
-    events.c.recorded_at,
-    events.c.tx_id,
-)
+#: The log columns a `RecordedEvent` is read from, in its fields' order.
+EVENT_COLUMNS = tuple(events.c[f.name] for f in fields(RecordedEvent))
 
 
 def append(
@@ -99,22 +84,26 @@ def conflict_on_version(backend: Backend, img_name: str, expected_version: int) 
         ) from exc
 
 
+#: What the database gives an appended event; an append binds every other column.
+ADDED_BY_DATABASE = ("position", "recorded_at", "tx_id")
+#: The log columns an append writes from the event itself.
+APPENDED_COLUMNS = [c.name for c in events.columns if c.name not in ADDED_BY_DATABASE]
+#: The fields a `RecordedEvent` carries over from the event it was made from.
+_CARRIED = [
+    f.name
+    for f in fields(RecordedEvent)
+    if f.name not in ("img_name", "version", *ADDED_BY_DATABASE)
+]
+_ENUMS = frozenset({"event_type", "from_status", "to_status"})
+
+
 def event_values(img_name: str, version: int, ev: NewEvent | RecordedEvent) -> dict[str, Any]:
     """The log row's values that an append binds (the database adds the rest)."""
-    return {
-        "event_id": ev.event_id,
-        "img_name": img_name,
-        "version": version,
-        "event_type": ev.event_type.value,
-        "schema_version": ev.schema_version,
-        "from_status": ev.from_status.value,
-        "to_status": ev.to_status.value,
-        "data": ev.data,
-        "actor": ev.actor,
-        "reason": ev.reason,
-        "correlation_id": ev.correlation_id,
-        "idempotency_key": ev.idempotency_key,
-    }
+    values: dict[str, Any] = {"img_name": img_name, "version": version}
+    for name in _CARRIED:
+        value = getattr(ev, name)
+        values[name] = value.value if name in _ENUMS else value
+    return values
 
 
 def recorded(
@@ -125,40 +114,15 @@ def recorded(
     recorded_at: datetime,
     tx_id: int | None,
 ) -> RecordedEvent:
+    """`ev` as the log holds it at `version`, with what the database gave it."""
     return RecordedEvent(
         position=position,
-        event_id=ev.event_id,
         img_name=img_name,
         version=version,
-        event_type=ev.event_type,
-        schema_version=ev.schema_version,
-        from_status=ev.from_status,
-        to_status=ev.to_status,
-        data=ev.data,
-        actor=ev.actor,
-        reason=ev.reason,
-        correlation_id=ev.correlation_id,
-        idempotency_key=ev.idempotency_key,
         recorded_at=recorded_at,
         tx_id=tx_id,
+        **{name: getattr(ev, name) for name in _CARRIED},
     )
-
-
-#: The columns an append writes from the event itself (the database adds the rest).
-APPENDED_COLUMNS = [
-    "event_id",
-    "img_name",
-    "version",
-    "event_type",
-    "schema_version",
-    "from_status",
-    "to_status",
-    "data",
-    "actor",
-    "reason",
-    "correlation_id",
-    "idempotency_key",
-]
 
 
 @functools.lru_cache(maxsize=4)

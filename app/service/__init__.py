@@ -11,7 +11,7 @@ from app.service.videos import IDEMPOTENCY_TTL, VideoCommands
 
 
 class VideoService(VideoCommands, TaskCommands):
-    """Every command of DESIGN §2 over one `Database`."""
+    """Every command of `app.lifecycle` over one `Database`."""
 
 
 __all__ = [

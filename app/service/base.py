@@ -57,7 +57,7 @@ class Actor:
 
 
 class CommandBase:
-    """The plumbing of the commands of DESIGN §2 over a `Database`.
+    """The plumbing of the commands of `app.lifecycle` over a `Database`.
 
     `clock` and `jitter` are injectable so that tests can pin time and
     backoff; both default to the real thing. Events are stamped by the

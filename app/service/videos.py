@@ -18,7 +18,7 @@ from app.projections.status import StatusRow
 from app.service.base import Actor, CommandBase
 from app.service.results import Idempotency, Outcome, Replayed, VideoState
 
-#: How long an Idempotency-Key's answer is replayed (API.md: at least 24 h).
+#: How long an Idempotency-Key's answer is replayed (the API promises at least 24 h).
 IDEMPOTENCY_TTL = timedelta(hours=48)
 
 #: `decide(row)` names the event a command appends and its payload, or None

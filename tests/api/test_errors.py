@@ -1,4 +1,4 @@
-"""Every error code of API.md, triggered over HTTP, on both databases.
+"""Every error code of the HTTP API, triggered over HTTP, on both databases.
 
 Each answer must be RFC 9457 problem JSON with a stable `code`: never HTML,
 never FastAPI's bare `{"detail": ...}`.

@@ -1,4 +1,4 @@
-"""A model of DESIGN §2 driven through HTTP: client and worker endpoints in any order.
+"""A model of `app.lifecycle` driven through HTTP: client and worker endpoints in any order.
 
 Hypothesis picks commands on a few fixed image names (so they collide), each
 one is sent over HTTP, and the answer's status code and problem `code` must

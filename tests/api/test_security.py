@@ -26,7 +26,7 @@ DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def required_permission(method: str, path: str) -> str:
-    """API.md's Auth section as a rule: what each route asks of a key."""
+    """The API's auth rules as a table: what each route asks of a key."""
     if path.startswith("/v1/worker/"):
         return "worker"
     if path.startswith("/v1/admin/"):

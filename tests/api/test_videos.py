@@ -1,4 +1,4 @@
-"""The happy paths of API.md over HTTP, on both databases."""
+"""The happy paths of the HTTP API, on both databases."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def test_request_claim_heartbeat_complete(client: TestClient) -> None:
 
 def test_timings_are_known_once_a_video_completed(client: TestClient) -> None:
     done = completed(client)
-    # API.md: queued_seconds is request -> processing start; generation_seconds
+    # The API: queued_seconds is request -> processing start; generation_seconds
     # processing start -> completion. Both are known once the video completed.
     assert isinstance(done["queued_seconds"], float | int) and done["queued_seconds"] >= 0
     assert isinstance(done["generation_seconds"], float | int) and done["generation_seconds"] >= 0

@@ -1,5 +1,5 @@
 """Random command sequences: the projection always equals a fresh fold of the log,
-and the status always matches a model of DESIGN §2."""
+and the status always matches a model of `app.lifecycle`."""
 
 from __future__ import annotations
 

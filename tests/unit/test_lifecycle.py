@@ -19,7 +19,7 @@ from app.lifecycle import (
 
 S, E = Status, EventType
 
-#: The whole of DESIGN §2: (event, from) -> to. Everything else is refused.
+#: The whole life of a video: (event, from) -> to. Everything else is refused.
 ALLOWED = {
     (E.REQUESTED, S.NONE): S.PENDING,
     (E.REQUESTED, S.FAILED): S.PENDING,

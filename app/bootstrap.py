@@ -1,0 +1,92 @@
+"""One bootstrap: the database, the use cases and the wake-up signals, from Settings.
+
+The API (`create_app`), the CLI, the worker and the test fixtures all build
+through here, so each edge gets the same wiring. Only this module and the
+edges read `Settings`; everything it builds receives plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app.config import Settings
+from app.db import migrate
+from app.db.engine import Database, open_database
+from app.events.types import RecordedEvent
+from app.projections import rebuild
+from app.service import Policy, VideoService
+from app.service.queries import VideoQueries
+from app.video_files import VideoFiles
+
+
+def policy_of(settings: Settings) -> Policy:
+    return Policy(
+        max_attempts=settings.max_attempts,
+        lease_seconds=settings.lease_seconds,
+        backoff_base_seconds=settings.backoff_base_seconds,
+        backoff_cap_seconds=settings.backoff_cap_seconds,
+    )
+
+
+def open_db(settings: Settings, *, pool_size: int | None = None) -> Database:
+    """The database `settings` name (and its read replica, if one is set)."""
+    return open_database(
+        settings.database_url,
+        pool_size=pool_size or settings.pool_size,
+        replica_url=settings.read_replica_url,
+    )
+
+
+def upgrade(url: str, *, run: Callable[[Database], object] = rebuild.rebuild) -> bool:
+    """Bring the schema at `url` to the newest revision, then rebuild a
+    projection whose stored version differs from the code's (with `run`).
+    Returns whether it rebuilt."""
+    migrate.upgrade(url)
+    db = open_database(url, pool_size=2)
+    try:
+        return rebuild_if_stale(db, run=run)
+    finally:
+        db.dispose()
+
+
+def rebuild_if_stale(db: Database, *, run: Callable[[Database], object] = rebuild.rebuild) -> bool:
+    """Rebuild the status projection with `run(db)` if its stored version is not the code's."""
+    if not rebuild.stale(db):
+        return False
+    run(db)
+    return True
+
+
+@dataclass
+class Services:
+    """What an edge works with, built once per process."""
+
+    db: Database
+    videos: VideoService
+    queries: VideoQueries
+    #: Called with the events of every command once it has committed.
+    listeners: list[Callable[[list[RecordedEvent]], None]] = field(default_factory=list)
+
+
+def build(settings: Settings, *, db: Database | None = None) -> Services:
+    """The use cases over `db` (opened from `settings` when not given).
+
+    Listeners added to `Services.listeners` are called after every command
+    that appended: the API adds its feed signal and metrics, the embedded
+    worker its wake-up.
+    """
+    database = db or open_db(settings)
+    listeners: list[Callable[[list[RecordedEvent]], None]] = []
+
+    def on_append(recorded: list[RecordedEvent]) -> None:
+        for listen in listeners:
+            listen(recorded)
+
+    videos = VideoService(
+        database,
+        policy_of(settings),
+        on_append=on_append,
+        files=VideoFiles(settings.videos_dir),
+    )
+    return Services(database, videos, VideoQueries(database), listeners)
