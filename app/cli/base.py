@@ -8,9 +8,9 @@ from datetime import datetime
 import typer
 from rich.console import Console
 
+from app import bootstrap
 from app.config import Settings
 from app.db import migrate
-from app import bootstrap
 from app.db.engine import Database
 from app.errors import ConfigError
 

@@ -20,7 +20,7 @@ from app.db import migrate
 from app.db.backend import backend_of
 from app.db.engine import Database, open_database
 from app.db.tables import events, image_status
-from app.projections import rebuild, verify
+from app.projections import bulk_replay, rebuild, verify
 from app.projections import status as projection
 from app.service import Actor, VideoService
 from app.service.queries import VideoQueries
@@ -129,7 +129,7 @@ def test_rebuild_equals_the_incremental_projection(
 def test_a_parallel_rebuild_equals_the_incremental_projection(
     service: VideoService, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rebuild, "PARALLEL_MIN_EVENTS", 0)  # small data, parallel path
+    monkeypatch.setattr(bulk_replay, "PARALLEL_MIN_EVENTS", 0)  # small data, parallel path
     lifecycle(service, 30)
     report = rebuild.rebuild(database, batch=4, parallel=3)
     assert (report.rows, report.events) == (30, verify.verify(database).events)

@@ -1,0 +1,314 @@
+"""The bulk replay of a rebuild, where the backend can COPY: the log streamed
+out and the rows streamed in, folded in between with no per-event SQL.
+
+The fold is CPU-bound Python, so a large log is cut into ranges of
+img_name, each replayed by its own process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from operator import attrgetter
+from typing import Any, get_type_hints
+
+import orjson
+from sqlalchemy import Connection, Select, Table, func, select
+
+from app.db.backend import backend_of
+from app.db.copy_text import COPY_ESCAPES, COPY_NULL, copy_bool, copy_json
+from app.db.engine import Database, open_database
+from app.db.tables import events
+from app.events.types import CURRENT_SCHEMA, Json
+from app.events.upcasters import upcast
+from app.lifecycle import EventType, Status
+from app.progress import Progress
+from app.projections import status
+from app.projections.shadow import RebuildReport, shadow_table
+from app.projections.status import StatusRow, apply_into
+
+#: Below this many events a parallel replay stays in one process.
+PARALLEL_MIN_EVENTS = 100_000
+
+
+@dataclass(slots=True)
+class _Event:
+    """The fields the fold reads, and nothing else: one of these per log row."""
+
+    img_name: str
+    version: int
+    position: int
+    event_type: EventType
+    to_status: Status
+    data: Json
+    recorded_at: datetime
+
+
+_EVENT_TYPES = {t.value: t for t in EventType}
+_STATUSES = {s.value: s for s in Status}
+
+
+class _CopyFolder:
+    """Folds COPY rows ordered by (img_name, version) and writes finished rows
+    to the shadow with COPY, `batch` at a time, each batch its own transaction."""
+
+    def __init__(
+        self,
+        db: Database,
+        shadow: Table,
+        batch: int,
+        progress: Progress | None,
+        report: RebuildReport,
+    ) -> None:
+        self.db, self.shadow, self.batch = db, shadow, batch
+        self.progress, self.report = progress, report
+        self.row: StatusRow | None = None
+        self.stamps: dict[int, tuple[datetime, str]] = {}
+        self.event = _Event("", 0, 0, EventType.REQUESTED, Status.NONE, {}, datetime.now(UTC))
+        self.done: list[str] = []
+        self.counted = 0
+
+    def on_row(self, f: list[str | None]) -> None:
+        img_name, version, kind, schema, to_status, data, at, position = f
+        assert img_name is not None and data is not None and at is not None
+        row = self.row
+        if row is None or row.img_name != img_name:
+            self._finish_row()
+            row = self.row = StatusRow(img_name=img_name)
+        # One event object, refilled per row: the fold reads it and lets go.
+        ev = self.event
+        ev.img_name = img_name
+        ev.version = int(version)  # type: ignore[arg-type]  # NOT NULL columns
+        ev.position = int(position)  # type: ignore[arg-type]
+        ev.event_type = event_type = _EVENT_TYPES[kind]  # type: ignore[index]
+        ev.to_status = _STATUSES[to_status]  # type: ignore[index]
+        payload = orjson.loads(data)
+        if int(schema) != CURRENT_SCHEMA[event_type]:  # type: ignore[arg-type]
+            payload = upcast(event_type, int(schema), payload)  # type: ignore[arg-type]
+        ev.data = payload
+        ev.recorded_at = when = datetime.fromisoformat(at)
+        self.stamps[id(when)] = (when, at)
+        apply_into(row, ev)
+        self.counted += 1
+        if self.counted == 10_000:
+            self._count()
+
+    def _count(self) -> None:
+        self.report.events += self.counted
+        if self.progress is not None:
+            self.progress(self.counted)
+        self.counted = 0
+
+    def _finish_row(self) -> None:
+        if self.row is not None:
+            self.done.append(_copy_line(self.row, self.stamps))
+            self.stamps.clear()
+            if len(self.done) >= self.batch:
+                self._flush()
+
+    def _flush(self) -> None:
+        with self.db.write() as conn:
+            backend_of(conn).copy_in(conn, self.shadow, status.COLUMNS, self.done)
+        self.report.rows += len(self.done)
+        self.done = []
+
+    def close(self) -> None:
+        self._finish_row()
+        self.row = None
+        if self.done:
+            self._flush()
+        self._count()
+
+
+def _line_formats() -> list[Callable[[Any, dict[int, tuple[datetime, str]]], str]]:
+    """One COPY text formatter per status column, in `status.COLUMNS` order,
+    chosen by the type of the `StatusRow` field it writes."""
+    hints = get_type_hints(StatusRow)
+
+    def text(v: str | None, _: object) -> str:
+        return COPY_NULL if v is None else v.translate(COPY_ESCAPES)
+
+    def flag(v: bool | None, _: object) -> str:
+        return copy_bool(v)
+
+    def number(v: float | None, _: object) -> str:
+        return COPY_NULL if v is None else str(v)
+
+    def state(v: Status, _: object) -> str:
+        return v.value
+
+    def json(v: Json | None, _: object) -> str:
+        return copy_json(v)
+
+    def stamp(v: datetime | None, stamps: dict[int, tuple[datetime, str]]) -> str:
+        # Timestamps that came out of the log as text go back as that text.
+        if v is None:
+            return COPY_NULL
+        known = stamps.get(id(v))
+        return known[1] if known is not None else v.isoformat()
+
+    by_type: dict[Any, Callable[[Any, dict[int, tuple[datetime, str]]], str]] = {
+        str: text,
+        str | None: text,
+        bool: flag,
+        bool | None: flag,
+        int: number,
+        float | None: number,
+        Status: state,
+        Json | None: json,
+        datetime | None: stamp,
+    }
+    return [by_type[hints[name]] for name in status.COLUMNS]
+
+
+_FORMATS = _line_formats()
+_FIELDS = attrgetter(*status.COLUMNS)
+
+
+def _copy_line(r: StatusRow, stamps: dict[int, tuple[datetime, str]]) -> str:
+    """A status row in COPY's text format, columns in `status.COLUMNS` order.
+
+    `stamps` maps id -> (a datetime the fold took from the log, kept alive so
+    that its id stays its own; its text as the log gave it), so that a
+    timestamp goes back as the very text it came in as.
+    """
+    return "\t".join([fmt(v, stamps) for fmt, v in zip(_FORMATS, _FIELDS(r), strict=True)])
+
+
+def _partition_query(
+    conn: Connection, cursor: str, lower: str | None, upper: str | None
+) -> Select[Any]:
+    """The prefix's events of images in [lower, upper), grouped by image."""
+    c = events.c
+    query = select(
+        c.img_name,
+        c.version,
+        c.event_type,
+        c.schema_version,
+        c.to_status,
+        c.data,
+        c.recorded_at,
+        c.position,
+    ).where(backend_of(conn).feed_up_to(events, cursor))
+    if lower is not None:
+        query = query.where(c.img_name >= lower)
+    if upper is not None:
+        query = query.where(c.img_name < upper)
+    # Any order that keeps each image's events together, in version order,
+    # will do: the (img_name, version) index gives one cheaply.
+    return query.order_by(c.img_name, c.version)
+
+
+def _replay_range(
+    db: Database,
+    shadow: Table,
+    cursor: str,
+    lower: str | None,
+    upper: str | None,
+    batch: int,
+    progress: Progress | None,
+    report: RebuildReport,
+) -> None:
+    folder = _CopyFolder(db, shadow, batch, progress, report)
+    with db.snapshot() as conn:
+        query = _partition_query(conn, cursor, lower, upper)
+        backend_of(conn).copy_out(conn, query, folder.on_row, escaped=frozenset({0, 5}))
+    folder.close()
+
+
+def _replay_partition(
+    url: str, cursor: str, lower: str | None, upper: str | None, batch: int, queue: Any
+) -> None:
+    """A child process's share of a parallel replay; reports through `queue`."""
+    db = open_database(url, pool_size=2)
+    try:
+        with db.read() as conn:
+            shadow = shadow_table(conn)
+        report = RebuildReport()
+        _replay_range(
+            db, shadow, cursor, lower, upper, batch, lambda n: queue.put(("events", n)), report
+        )
+        queue.put(("rows", report.rows))
+    except BaseException as exc:
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        db.dispose()
+
+
+def _split_points(conn: Connection, cursor: str, parts: int) -> list[str]:
+    """img_names that cut the prefix into `parts` runs of about equal events."""
+    c = events.c
+    total = conn.execute(
+        select(func.count()).select_from(events).where(backend_of(conn).feed_up_to(events, cursor))
+    ).scalar_one()
+    points: list[str] = []
+    if total < PARALLEL_MIN_EVENTS:
+        return points  # starting processes would cost more than it saves
+    for k in range(1, parts):
+        point = conn.execute(
+            select(c.img_name)
+            .where(backend_of(conn).feed_up_to(events, cursor))
+            .order_by(c.img_name, c.version)
+            .offset(total * k // parts)
+            .limit(1)
+        ).scalar()
+        if point is not None and (not points or point > points[-1]):
+            points.append(point)
+    return points
+
+
+def replay_prefix(
+    db: Database,
+    shadow: Table,
+    batch: int,
+    progress: Progress | None,
+    report: RebuildReport,
+    parallel: int,
+) -> str:
+    """Fill the shadow from a complete prefix of the log; return the cursor after it.
+
+    With `parallel` > 1 the images are cut into that many ranges of img_name,
+    each replayed by its own process (the fold is CPU-bound Python). The
+    prefix is `tx_id < xmin`, complete whatever snapshot reads it, so the
+    processes need not share one.
+    """
+    with db.snapshot() as conn:
+        _, cursor = backend_of(conn).feed_start_after_snapshot(conn, events)
+        points = _split_points(conn, cursor, parallel) if parallel > 1 else []
+    if not points:
+        _replay_range(db, shadow, cursor, None, None, batch, progress, report)
+        return cursor
+    bounds = list(zip([None, *points], [*points, None], strict=True))
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    url = db.writer.url.render_as_string(hide_password=False)
+    procs = [
+        context.Process(
+            target=_replay_partition, args=(url, cursor, lo, hi, batch, queue), daemon=True
+        )
+        for lo, hi in bounds
+    ]
+    for p in procs:
+        p.start()
+    finished = 0
+    try:
+        while finished < len(procs):
+            kind, value = queue.get(timeout=600)
+            if kind == "events":
+                report.events += value
+                if progress is not None:
+                    progress(value)
+            elif kind == "rows":
+                report.rows += value
+                finished += 1
+            else:
+                raise RuntimeError(f"a rebuild process failed: {value}")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return cursor
