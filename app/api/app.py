@@ -21,7 +21,6 @@ from app.api.middleware import BodyLimit, RequestId
 from app.api.routes import admin, events, me, stream, videos, worker
 from app.config import Settings
 from app.db.engine import Database
-from app.db.notify import start_listener
 from app.feed import FeedSignal
 from app.ui import mount as mount_ui
 from app.worker.backend import LocalBackend
@@ -79,7 +78,7 @@ def create_app(
         stop = threading.Event()
         # Appends by other processes reach live feed readers through
         # LISTEN/NOTIFY (PostgreSQL only; on SQLite they wait for the idle poll).
-        start_listener(settings.database_url, lambda _: feed_signal.notify(), stop)
+        database.backend.start_listener(settings.database_url, lambda _: feed_signal.notify(), stop)
         embedded = None
         if run_worker:
             embedded = start_embedded(

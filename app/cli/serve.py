@@ -58,7 +58,6 @@ def worker_cmd(
     """Run a standalone worker until SIGINT or SIGTERM (then finish or release, exit 0)."""
     import signal
 
-    from app.db.notify import start_listener
     from app.worker.backend import LocalBackend, RemoteBackend, TaskBackend
     from app.worker.runtime import build_worker, wake_if_pending
 
@@ -86,5 +85,7 @@ def worker_cmd(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     if remote is None:
-        start_listener(settings.database_url, lambda s: wake_if_pending(w.wake, s), w.stop)
+        ctx().db.backend.start_listener(
+            settings.database_url, lambda s: wake_if_pending(w.wake, s), w.stop
+        )
     w.run()

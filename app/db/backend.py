@@ -9,6 +9,7 @@ backend to it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -184,6 +185,14 @@ class Backend(Protocol):
         self, conn: Connection, table: Table, columns: list[str], rows: Iterable[list[Any] | str]
     ) -> None:
         """Bulk-insert rows that can be made again if lost (only where `supports_copy`)."""
+        ...
+
+    def start_listener(
+        self, url: str, on_notify: Callable[[str], None], stop: threading.Event
+    ) -> threading.Thread | None:
+        """Call `on_notify(to_status)` when another process appends, until
+        `stop` is set; None where the database cannot tell (then in-process
+        hooks and polls are all there is)."""
         ...
 
     # --- failures -----------------------------------------------------------------

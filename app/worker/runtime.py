@@ -13,7 +13,6 @@ import threading
 from dataclasses import dataclass
 
 from app.config import Settings
-from app.db.notify import start_listener
 from app.events.types import RecordedEvent
 from app.lifecycle import Status
 from app.service import VideoService
@@ -79,7 +78,9 @@ def start_embedded(
     """Run the worker loop in a thread of this process, woken by local appends
     and, on PostgreSQL, by other processes' appends too."""
     worker = build_worker(settings, LocalBackend(service), concurrency=concurrency, wake=wake)
-    start_listener(settings.database_url, lambda status: wake_if_pending(wake, status), worker.stop)
+    service.db.backend.start_listener(
+        settings.database_url, lambda status: wake_if_pending(wake, status), worker.stop
+    )
     thread = threading.Thread(target=worker.run, name="worker", daemon=True)
     thread.start()
     return RunningWorker(worker, thread)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -31,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.expression import ColumnElement
 
 from app.db.backend import LockTimeout
-from app.db.postgres import copy, fast
+from app.db.postgres import copy, fast, notify
 from app.db.statement import Statement
 from app.db.types import UTCDateTime
 
@@ -241,6 +242,12 @@ class PostgresBackend:
         self, conn: Connection, table: Table, columns: list[str], rows: Iterable[list[Any] | str]
     ) -> None:
         copy.copy_in(conn, table, columns, rows)
+
+    def start_listener(
+        self, url: str, on_notify: Callable[[str], None], stop: threading.Event
+    ) -> threading.Thread | None:
+        """LISTEN/NOTIFY: a trigger notifies every append when it commits."""
+        return notify.start_listener(url, on_notify, stop)
 
     # --- failures -----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -193,6 +194,11 @@ class SqliteBackend:
         self, conn: Connection, table: Table, columns: list[str], rows: Iterable[list[Any] | str]
     ) -> None:
         raise NotImplementedError("SQLite has no COPY (supports_copy is False)")
+
+    def start_listener(
+        self, url: str, on_notify: Callable[[str], None], stop: threading.Event
+    ) -> threading.Thread | None:
+        return None  # no LISTEN: other processes' appends are found by polling
 
     # --- failures -----------------------------------------------------------------
 

@@ -38,11 +38,9 @@ def start_listener(
 ) -> threading.Thread | None:
     """Call `on_notify(payload)` for each notification until `stop` is set.
 
-    Returns None for a database without LISTEN (SQLite). Reconnects after
-    a lost connection, waking once so that nothing is missed meanwhile.
+    Reconnects after a lost connection, waking once so that nothing is
+    missed meanwhile.
     """
-    if make_url(url).get_backend_name() != "postgresql":
-        return None
 
     def run() -> None:
         while not stop.is_set():
