@@ -152,3 +152,31 @@ def test_end_to_end_as_a_subprocess(tmp_path: Path) -> None:
         db.dispose()
     assert principal is not None
     assert (principal.name, principal.role) == ("x", Role.ADMIN)
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["statuss"], "No such command 'statuss'"),
+        (["status"], "Missing argument"),
+        (["keys", "create", "bob", "--role", "root"], "Invalid value for '--role'"),
+        (["history", "a.png", "--limit", "many"], "Invalid value for '--limit'"),
+        (["--no-such-flag"], "No such option"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_the_usage_with_exit_2_and_no_traceback(
+    cli_db: str, capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    assert main(argv) == 2
+    shown = capsys.readouterr()
+    assert said in shown.err
+    assert "Usage:" in shown.err
+    assert "Traceback" not in shown.err + shown.out
+
+
+def test_a_usage_error_as_a_subprocess_prints_no_traceback(cli_db: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "statuss"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "No such command" in done.stderr and "Traceback" not in done.stderr

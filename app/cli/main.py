@@ -38,12 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         return 130
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except Exception as exc:
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]  # a ClickException, see _is_usage_error
+            return int(exc.exit_code)  # type: ignore[attr-defined]
         raise
     finally:
         leave()
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A click usage error (unknown command, missing argument, bad option value).
+
+    By its shape, not its class: typer 0.29 carries its own copy of click, so
+    `click.ClickException` no longer matches what typer raises.
+    """
+    return callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int)

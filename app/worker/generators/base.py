@@ -159,7 +159,8 @@ def resolve_image(images_dir: Path, img_name: str) -> Path:
     Raises `GenerationError` with code `image.not_found` (not retryable) when the
     name is not a plain file name (separators, control characters, `.`, `..`,
     absolute paths), when it resolves outside the folder (a symlink pointing
-    elsewhere), or when no such file exists.
+    elsewhere), or when no such file exists. Messages name the image, never
+    the server's folder: they are recorded in the log and shown to clients.
     """
     problem = img_name_problem(img_name)
     if problem is None and Path(img_name).is_absolute():
@@ -174,11 +175,11 @@ def resolve_image(images_dir: Path, img_name: str) -> Path:
         candidate = (images_dir / img_name).resolve(strict=False)
     except (OSError, RuntimeError) as exc:
         # Python 3.11 raises RuntimeError on a symlink loop (3.13 raises OSError).
-        raise _not_found(f"image {img_name!r} cannot be resolved: {exc}") from exc
+        raise _not_found(f"image {img_name!r} cannot be resolved (a symlink loop?)") from exc
     if not candidate.is_relative_to(folder) or candidate == folder:
-        raise _not_found(f"image {img_name!r} points outside the images folder {folder}")
+        raise _not_found(f"image {img_name!r} points outside the images folder")
     if not candidate.exists():
-        raise _not_found(f"no image named {img_name!r} in {folder}")
+        raise _not_found(f"no image named {img_name!r} in the images folder")
     if not candidate.is_file():
-        raise _not_found(f"{img_name!r} in {folder} is not a file")
+        raise _not_found(f"{img_name!r} in the images folder is not a file")
     return candidate
