@@ -180,3 +180,18 @@ def test_a_usage_error_as_a_subprocess_prints_no_traceback(cli_db: str) -> None:
     )
     assert done.returncode == 2
     assert "No such command" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_piped_tables_are_not_cut_to_80_columns(cli_db: str) -> None:
+    env = {**os.environ, "VIDLEDGER_DATABASE_URL": cli_db, "COLUMNS": "40"}
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "projections", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    whole = [line for line in done.stdout.splitlines() if "image_video_status" in line]
+    assert len(whole) == 1, done.stdout
+    assert "…" not in done.stdout

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from app import bootstrap
 from app import keys as key_store
-from app.cli.base import cli, ctx, err, out, when
+from app.cli.base import cli, ctx, err, new_table, out, when
 from app.cli.projections import run_rebuild
 from app.db import migrate
 from app.db.engine import Database
@@ -68,7 +67,7 @@ def keys_create(
 @keys_cli.command("list")
 def keys_list() -> None:
     """List keys (never their secrets)."""
-    table = Table("name", "role", "prefix", "created", "revoked")
+    table = new_table("name", "role", "prefix", "created", "revoked")
     for k in key_store.list_keys(ctx().db):
         table.add_row(k.name, k.role.value, k.prefix, when(k.created_at), when(k.revoked_at))
     out.print(table)

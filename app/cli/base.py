@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import datetime
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from app import bootstrap
 from app.config import Settings
@@ -15,8 +17,18 @@ from app.db.engine import Database
 from app.errors import ConfigError
 
 log = logging.getLogger("vidledger")
-out = Console()
+#: Piped output is not cut to 80 columns: a script greps whole names.
+out = Console(width=None if sys.stdout.isatty() else 100_000)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def new_table(*headers: str, show_header: bool = True) -> Table:
+    """A table whose cells wrap at the terminal's width and are never cut short."""
+    made = Table(show_header=show_header)
+    for header in headers:
+        made.add_column(header, overflow="fold")
+    return made
+
 
 cli = typer.Typer(
     name="vidledger",

@@ -14,9 +14,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
-from app.cli.base import cli, ctx, err, out, when
+from app.cli.base import cli, ctx, err, new_table, out, when
 from app.db.engine import Database
 from app.projections import rebuild as rebuilder
 from app.projections import verify as verifier
@@ -72,7 +71,7 @@ def run_rebuild(db: Database, batch: int, parallel: int | None = None) -> rebuil
 @projections_cli.command("status")
 def status_cmd() -> None:
     """Each projection: version (stored and expected), state, rows, last position, built."""
-    table = Table("name", "version", "expected", "state", "rows", "last position", "built at")
+    table = new_table("name", "version", "expected", "state", "rows", "last position", "built at")
     for p in VideoQueries(ctx().db).projections():
         table.add_row(
             p.name,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
 from app.api.views import status_body, transition_body
-from app.cli.base import cli, ctx, err, out
+from app.cli.base import cli, ctx, err, new_table, out
 from app.errors import ConfigError
 from app.naming import img_name_problem
 from app.service.queries import VideoQueries
@@ -24,7 +22,7 @@ def _checked(img: str) -> str:
 def status(img: str) -> None:
     """Show the current status of one image."""
     body = status_body(VideoQueries(ctx().db).status(_checked(img)))
-    table = Table("field", "value", show_header=False)
+    table = new_table("field", "value", show_header=False)
     for field, value in body.items():
         table.add_row(field, _cell(value))
     out.print(table)
@@ -34,7 +32,7 @@ def status(img: str) -> None:
 def history(img: str, limit: int = 1000) -> None:
     """Show every transition of one image."""
     page = VideoQueries(ctx().db).history(_checked(img), limit=limit, cursor=None)
-    table = Table("v", "when", "event", "from → to", "actor", "reason")
+    table = new_table("v", "when", "event", "from → to", "actor", "reason")
     for item in map(transition_body, page.items):
         table.add_row(
             str(item["version"]),
