@@ -5,18 +5,31 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install run test soak lint format bench clean chromium
+.PHONY: install run test soak lint format bench clean chromium lock
 
-$(STAMP): pyproject.toml
+# Exactly the locked set (requirements.lock, with hashes), then the project
+# itself without dependencies: a fresh install gets the versions the tests passed with.
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Update requirements.lock to the newest versions pyproject.toml allows (pip-tools,
+# in a throwaway venv); then run `make test` and commit the lock with what it changed.
+lock:
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet pip-tools
+	.lock-venv/bin/pip-compile --quiet --upgrade --generate-hashes --strip-extras \
+	    --allow-unsafe --no-emit-index-url --no-emit-find-links --extra dev \
+	    -o requirements.lock pyproject.toml
+	rm -rf .lock-venv
 
 install: $(STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[bench]'  # the peer library, not locked: bench only
 	touch $(BENCH_STAMP)
 
 run: install
