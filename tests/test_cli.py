@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +197,29 @@ def test_piped_tables_are_not_cut_to_80_columns(cli_db: str) -> None:
     whole = [line for line in done.stdout.splitlines() if "image_video_status" in line]
     assert len(whole) == 1, done.stdout
     assert "…" not in done.stdout
+
+
+def test_every_data_command_prints_json_with_json(
+    cli_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = open_database(cli_db, pool_size=1)
+    try:
+        VideoService(db).request_video("a.png", "scene", Actor("app"), prompt="zoom")
+    finally:
+        db.dispose()
+    assert main(["keys", "create", "ops", "--role", "admin"]) == 0
+    capsys.readouterr()
+
+    def lines(argv: list[str]) -> list[Any]:
+        assert main([*argv, "--json"]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    [status] = lines(["status", "a.png"])
+    assert (status["video_status"], status["prompt"], status["version"]) == ("pending", "zoom", 1)
+    [requested] = lines(["history", "a.png"])
+    assert (requested["event_type"], requested["to_status"]) == ("VideoRequested", "pending")
+    [projection] = lines(["projections", "status"])
+    assert projection["name"] == "image_video_status" and projection["rows"] == 1
+    [key] = lines(["keys", "list"])
+    assert (key["name"], key["role"], key["revoked_at"]) == ("ops", "admin", None)
+    assert "secret" not in key and "hash" not in json.dumps(key)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 import typer
 
 from app import bootstrap
 from app import keys as key_store
-from app.cli.base import cli, ctx, err, new_table, out, when
+from app.cli.base import JsonFlag, cli, ctx, err, new_table, out, print_json, when
 from app.cli.projections import run_rebuild
 from app.db import migrate
 from app.db.engine import Database
@@ -65,8 +66,12 @@ def keys_create(
 
 
 @keys_cli.command("list")
-def keys_list() -> None:
+def keys_list(as_json: JsonFlag = False) -> None:
     """List keys (never their secrets)."""
+    if as_json:
+        for k in key_store.list_keys(ctx().db):
+            print_json(dataclasses.asdict(k))
+        return
     table = new_table("name", "role", "prefix", "created", "revoked")
     for k in key_store.list_keys(ctx().db):
         table.add_row(k.name, k.role.value, k.prefix, when(k.created_at), when(k.revoked_at))

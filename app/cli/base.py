@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,11 +18,31 @@ from app.config import Settings
 from app.db import migrate
 from app.db.engine import Database
 from app.errors import ConfigError
+from app.timestamps import rfc3339
 
 log = logging.getLogger("vidledger")
 #: Piped output is not cut to 80 columns: a script greps whole names.
 out = Console(width=None if sys.stdout.isatty() else 100_000)
 err = Console(stderr=True, soft_wrap=True)
+
+
+#: `--json`: machine-readable output, one JSON object, or JSON Lines for a list.
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="print JSON (JSON Lines for a list) instead of a table")
+]
+
+
+def print_json(value: Any) -> None:
+    """One JSON document on one line of stdout (times as RFC 3339)."""
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"cannot print {type(value).__name__} as JSON")
 
 
 def new_table(*headers: str, show_header: bool = True) -> Table:

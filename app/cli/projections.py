@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from app.cli.base import cli, ctx, err, new_table, out, when
+from app.cli.base import JsonFlag, cli, ctx, err, new_table, out, print_json, when
 from app.db.engine import Database
 from app.projections import rebuild as rebuilder
 from app.projections import verify as verifier
@@ -69,8 +70,12 @@ def run_rebuild(db: Database, batch: int, parallel: int | None = None) -> rebuil
 
 
 @projections_cli.command("status")
-def status_cmd() -> None:
+def status_cmd(as_json: JsonFlag = False) -> None:
     """Each projection: version (stored and expected), state, rows, last position, built."""
+    if as_json:
+        for info in VideoQueries(ctx().db).projections():
+            print_json(dataclasses.asdict(info))
+        return
     table = new_table("name", "version", "expected", "state", "rows", "last position", "built at")
     for p in VideoQueries(ctx().db).projections():
         table.add_row(
