@@ -1,6 +1,6 @@
 """API models, named for their role. They validate input and document output.
 
-Hot read paths return the plain dicts of `app/views.py`; these models
+Hot read paths return the plain dicts of `app/api/views.py`; these models
 describe the same shapes for OpenAPI.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ class Database:
     #: A read replica, for the reads that accept its replication lag.
     replica: Engine | None = None
 
-    @property
+    @cached_property
     def backend(self) -> Backend:
         return backend_of(self.writer)
 
@@ -39,12 +40,7 @@ class Database:
         A deadlock or serialization failure is a lost race, raised as
         `ConcurrencyConflict` like any other: the command is decided again.
         """
-        backend = self.backend
-        with (
-            _unavailable_on_disconnect(backend),
-            _conflict_on_lost_race(backend),
-            self.writer.begin() as conn,
-        ):
+        with _classified(self.backend, lost_race=True), self.writer.begin() as conn:
             yield conn
 
     @contextmanager
@@ -55,17 +51,13 @@ class Database:
         it may not yet show what the primary committed a moment ago.
         """
         engine = self.replica if replica and self.replica is not None else self.reader
-        with _unavailable_on_disconnect(self.backend), engine.connect() as conn:
+        with _classified(self.backend), engine.connect() as conn:
             yield conn
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
         """A read-only view in which several queries agree (verify, export)."""
-        backend = self.backend
-        with (
-            _unavailable_on_disconnect(backend),
-            backend.snapshot(self.writer, self.reader) as conn,
-        ):
+        with _classified(self.backend), self.backend.snapshot(self.writer, self.reader) as conn:
             yield conn
 
     def dispose(self) -> None:
@@ -76,21 +68,16 @@ class Database:
 
 
 @contextmanager
-def _unavailable_on_disconnect(backend: Backend) -> Iterator[None]:
+def _classified(backend: Backend, *, lost_race: bool = False) -> Iterator[None]:
+    """Driver errors that mean something to the caller: a database that cannot
+    be reached is `Unavailable`; in a write (`lost_race`), a deadlock or
+    serialization failure is a `ConcurrencyConflict`, decided again."""
     try:
         yield
     except DBAPIError as exc:
         if backend.is_unavailable(exc):
             raise Unavailable("the database is unavailable; try again shortly") from exc
-        raise
-
-
-@contextmanager
-def _conflict_on_lost_race(backend: Backend) -> Iterator[None]:
-    try:
-        yield
-    except DBAPIError as exc:
-        if backend.is_lost_race(exc):
+        if lost_race and backend.is_lost_race(exc):
             raise ConcurrencyConflict(f"lost a race: {type(exc.orig).__name__}") from exc
         raise
 
