@@ -231,7 +231,7 @@ def read_all(
     query = _filtered(select(*EVENT_COLUMNS).where(backend.feed_visible(events, after)), filters)
     query = query.order_by(*backend.feed_order(events)).limit(limit)
     got = [to_event(r) for r in conn.execute(query)]
-    cursor = backend.make_cursor(got[-1].tx_id, got[-1].position) if got else after
+    cursor = cursor_of(conn, got[-1]) if got else after
     return FeedPage(events=got, cursor=cursor)
 
 
