@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: install run test soak lint format bench clean chromium lock
+.PHONY: install run test soak lint format bench clean chromium ffmpeg lock
 
 # Exactly the locked set (requirements.lock, with hashes), then the project
 # itself without dependencies: a fresh install gets the versions the tests passed with.
@@ -36,7 +36,7 @@ run: install
 	$(BIN)/vidledger db upgrade
 	$(BIN)/vidledger serve
 
-test: install chromium
+test: install chromium ffmpeg
 	$(BIN)/pytest
 
 # The randomized history test (tests/integration/test_history.py) for as
@@ -56,6 +56,17 @@ chromium:
 	        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	    else \
 	        echo "no /usr/bin/chromium and no apt-get as root: browser tests will skip"; \
+	    fi; \
+	fi
+
+# The `command` generator's tests run Debian's ffmpeg; installed like Chromium.
+ffmpeg:
+	@if ! command -v ffmpeg >/dev/null 2>&1; then \
+	    if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	        echo "installing Debian's ffmpeg for the command generator's tests"; \
+	        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ffmpeg; \
+	    else \
+	        echo "no ffmpeg and no apt-get as root: the ffmpeg tests will skip"; \
 	    fi; \
 	fi
 

@@ -15,17 +15,21 @@ from app.db import migrate
 from app.db.engine import Database, open_database
 from app.events.types import RecordedEvent
 from app.projections import rebuild
-from app.service import Policy, VideoService
+from app.service import GeneratorNames, Policy, VideoService
 from app.service.queries import VideoQueries
 from app.video_files import VideoFiles
+from app.worker.generators import catalog
+from app.worker.generators.catalog import Catalog
 
 
-def policy_of(settings: Settings) -> Policy:
+def policy_of(settings: Settings, generators: Catalog | None = None) -> Policy:
+    offered = generators or catalog.builtin()
     return Policy(
         max_attempts=settings.max_attempts,
         lease_seconds=settings.lease_seconds,
         backoff_base_seconds=settings.backoff_base_seconds,
         backoff_cap_seconds=settings.backoff_cap_seconds,
+        generators=GeneratorNames(offered.names, offered.default),
     )
 
 
@@ -65,6 +69,8 @@ class Services:
     db: Database
     videos: VideoService
     queries: VideoQueries
+    #: The generators file's generators (or the built-in one).
+    generators: Catalog
     #: Called with the events of every command once it has committed.
     listeners: list[Callable[[list[RecordedEvent]], None]] = field(default_factory=list)
 
@@ -76,6 +82,7 @@ def build(settings: Settings, *, db: Database | None = None) -> Services:
     that appended: the API adds its feed signal and metrics, the embedded
     worker its wake-up.
     """
+    generators = catalog.load(settings.generators_file)  # a bad file stops here, in one line
     database = db or open_db(settings)
     listeners: list[Callable[[list[RecordedEvent]], None]] = []
 
@@ -85,8 +92,8 @@ def build(settings: Settings, *, db: Database | None = None) -> Services:
 
     videos = VideoService(
         database,
-        policy_of(settings),
+        policy_of(settings, generators),
         on_append=on_append,
         files=VideoFiles(settings.videos_dir),
     )
-    return Services(database, videos, VideoQueries(database), listeners)
+    return Services(database, videos, VideoQueries(database), generators, listeners)

@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     backoff_base_seconds: float = Field(2.0, gt=0, le=3600)
     backoff_cap_seconds: float = Field(300.0, gt=0, le=86_400)
     pool_size: int = Field(20, ge=1, le=500)
-    generator: str = "kenburns"
+    #: The generators file (README, "Generators"); default ./generators.toml when present.
+    generators_file: Path | None = None
     worker_concurrency: int = Field(1, ge=1, le=64)
     shutdown_grace_seconds: float = Field(10.0, ge=0, le=3600)
     task_timeout_seconds: float = Field(600.0, gt=0, le=86_400)

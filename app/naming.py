@@ -9,6 +9,8 @@ import re
 
 IMG_NAME_MAX = 500
 SOURCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,19}$")
+#: A generator's name in the generators file, a request and a claim.
+GENERATOR_RE = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -18,7 +18,7 @@ from app.api import errors
 from app.api.deps import AuthGate
 from app.api.metrics import HttpMetrics, Metrics, StateCollector
 from app.api.middleware import BodyLimit, RequestId
-from app.api.routes import admin, events, me, stream, videos, worker
+from app.api.routes import admin, events, generators, me, stream, videos, worker
 from app.config import Settings
 from app.db.engine import Database
 from app.feed import FeedSignal
@@ -54,13 +54,16 @@ def create_app(
     host: str = "127.0.0.1",
     run_worker: bool = False,
     run_reaper: bool = False,
+    worker_generators: list[str] | None = None,
 ) -> FastAPI:
     """Build the app. `host` is where it will listen: open mode only on loopback.
 
     `run_worker` runs the worker loop in-process (the embedded default);
-    `run_reaper` alone runs just the expired-lease reaper.
+    `run_reaper` alone runs just the expired-lease reaper. The embedded
+    worker runs `worker_generators`, or every configured generator.
     """
     services = bootstrap.build(settings, db=db)
+    embedded_generators = services.generators.select(worker_generators) if run_worker else {}
     database, service = services.db, services.videos
     owns_db = db is None
     wake = WakeOnPending()
@@ -82,7 +85,11 @@ def create_app(
         embedded = None
         if run_worker:
             embedded = start_embedded(
-                settings, service, wake.event, concurrency=settings.worker_concurrency
+                settings,
+                service,
+                wake.event,
+                embedded_generators,
+                concurrency=settings.worker_concurrency,
             )
             worker_load[0] = lambda: (embedded.worker.busy(), embedded.worker.config.concurrency)
         elif run_reaper:
@@ -111,6 +118,7 @@ def create_app(
     app.state.service = service
     app.state.files = service.files
     app.state.queries = services.queries
+    app.state.generators = services.generators
     app.state.auth = AuthGate(database, loopback=is_loopback(host))
     app.state.metrics_registry = metrics.registry
     worker_load: list[Callable[[], tuple[int, int]] | None] = [None]
@@ -121,7 +129,7 @@ def create_app(
     app.state.feed_ping_seconds = 15.0  # SSE keep-alive comments; tests shorten it
 
     errors.install(app)
-    for module in (videos, events, stream, worker, admin, me):
+    for module in (videos, generators, events, stream, worker, admin, me):
         app.include_router(module.router)
     mount_ui(app)
     if settings.cors_origins:  # none unless configured: browsers may not call cross-site

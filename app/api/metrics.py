@@ -118,6 +118,38 @@ class StateCollector(Collector):
             "Age of the oldest pending request (0 when none)",
             value=stats["oldest_pending_age_seconds"] or 0.0,
         )
+        by_generator = GaugeMetricFamily(
+            "vidledger_generator_videos",
+            "Images by their current generation's generator and status",
+            labels=["generator", "status"],
+        )
+        for generator, counts in sorted(stats["by_generator"].items()):
+            for st in Status:
+                if st is not Status.NONE:
+                    by_generator.add_metric([generator, st.value], counts.get(st.value, 0))
+        yield by_generator
+        queue_due = GaugeMetricFamily(
+            "vidledger_generator_queue_due", "Pending videos due now", labels=["generator"]
+        )
+        queue_age = GaugeMetricFamily(
+            "vidledger_generator_oldest_pending_age_seconds",
+            "Age of the generator's oldest pending request",
+            labels=["generator"],
+        )
+        for generator, queue in sorted(stats["queue_by_generator"].items()):
+            queue_due.add_metric([generator], queue["due"])
+            queue_age.add_metric([generator], queue["oldest_pending_age_seconds"] or 0.0)
+        yield queue_due
+        yield queue_age
+        failures = GaugeMetricFamily(
+            "vidledger_generator_failed_videos",
+            "Failed videos by generator and error code",
+            labels=["generator", "code"],
+        )
+        for generator, codes in sorted(stats["failures_by_generator"].items()):
+            for code, n in sorted(codes.items()):
+                failures.add_metric([generator, code], n)
+        yield failures
         yield GaugeMetricFamily(
             "vidledger_feed_hidden_events",
             "Committed events the feed holds back behind an older open transaction",

@@ -12,12 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from app.naming import SOURCE_TYPE_RE, check_img_name
+from app.naming import GENERATOR_RE, SOURCE_TYPE_RE, check_img_name
 
 PARAMS_MAX_BYTES = 16 * 1024
 
 ImgName = Annotated[StrictStr, AfterValidator(check_img_name)]
 SourceType = Annotated[StrictStr, Field(pattern=SOURCE_TYPE_RE.pattern)]
+GeneratorName = Annotated[StrictStr, Field(pattern=GENERATOR_RE.pattern)]
 Reason = Annotated[StrictStr, Field(max_length=2000)]
 WorkerId = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 LeaseToken = Annotated[StrictStr, Field(min_length=1, max_length=64)]
@@ -47,6 +48,9 @@ class VideoRequestIn(_In):
     prompt: Annotated[StrictStr, Field(max_length=2000)] | None = None
     params: Annotated[dict[str, Any] | None, AfterValidator(_small_params)] = None
     regenerate: StrictBool = False
+    generator: GeneratorName | None = Field(
+        None, description="a configured generator (GET /v1/generators); default: the default one"
+    )
 
 
 class ReasonIn(_In):
@@ -85,6 +89,9 @@ class ClaimIn(_In):
     worker_id: WorkerId
     lease_seconds: Annotated[int, Field(ge=5, le=3600, strict=True)] | None = None
     source_types: Annotated[list[SourceType], Field(max_length=50)] | None = None
+    generators: Annotated[list[GeneratorName], Field(min_length=1, max_length=50)] | None = Field(
+        None, description="claim only these generators' videos; default: any"
+    )
 
 
 class HeartbeatIn(_In):
@@ -120,6 +127,7 @@ class VideoError(BaseModel):
 class VideoStatus(BaseModel):
     img_name: str
     source_type: str | None
+    generator: str | None = Field(description="the current generation's generator")
     has_video: bool
     video_status: VideoStatusName
     video_filename: str | None
@@ -184,25 +192,47 @@ class EventPage(BaseModel):
     next_cursor: str | None = Field(description="where to continue; null only for an empty log")
 
 
+class GeneratorQueue(BaseModel):
+    depth: int = Field(description="pending videos of this generator")
+    due: int = Field(description="of those, due now")
+    oldest_pending_age_seconds: float | None
+
+
 class Stats(BaseModel):
     by_status: dict[str, int]
     by_source_type: dict[str, dict[str, int]]
+    by_generator: dict[str, dict[str, int]] = Field(description="counts by status, per generator")
     total: int
     queue_depth: int
     due: int
     processing: int
     oldest_pending_age_seconds: float | None
+    queue_by_generator: dict[str, GeneratorQueue]
+    failures_by_generator: dict[str, dict[str, int]] = Field(
+        description="failed videos per generator, by error code"
+    )
 
 
 class Task(BaseModel):
     img_name: str
     source_type: str | None
+    generator: str
     prompt: str | None
     params: dict[str, Any]
     generation: int
     attempt: int
     lease_token: str
     lease_expires_at: str
+
+
+class GeneratorInfo(BaseModel):
+    name: str
+    kind: str = Field(description="kenburns, cog, command, or a plugin's kind")
+    default: bool = Field(description="what a request that names no generator gets")
+
+
+class GeneratorList(BaseModel):
+    items: list[GeneratorInfo]
 
 
 class HeartbeatOut(BaseModel):

@@ -45,6 +45,7 @@ def status_body(state: VideoState) -> Json:
     return {
         "img_name": row.img_name,
         "source_type": row.source_type,
+        "generator": row.generator,
         "has_video": row.has_video,
         "video_status": row.video_status.value,
         "video_filename": row.video_filename if row.has_video else None,

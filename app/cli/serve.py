@@ -18,6 +18,10 @@ def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="run the worker")] = True,
+    generator: Annotated[
+        list[str] | None,
+        typer.Option(help="the in-process worker runs only these generators (repeatable)"),
+    ] = None,
 ) -> None:
     """Serve the HTTP API, with the worker in-process unless --no-worker."""
     import uvicorn
@@ -37,7 +41,9 @@ def serve(
     if worker:
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         log.info("in-process worker on; put images in %s", settings.images_dir.resolve())
-    app = create_app(settings, host=bind, run_worker=worker, run_reaper=True)
+    app = create_app(
+        settings, host=bind, run_worker=worker, run_reaper=True, worker_generators=generator
+    )
     uvicorn.run(app, host=bind, port=port or settings.port, log_config=None)
 
 
@@ -47,6 +53,10 @@ def worker_cmd(
     worker_id: Annotated[str | None, typer.Option(help="recorded as worker:<id>")] = None,
     source_type: Annotated[
         list[str] | None, typer.Option(help="only claim these source types (repeatable)")
+    ] = None,
+    generator: Annotated[
+        list[str] | None,
+        typer.Option(help="run only these configured generators (repeatable); default: all"),
     ] = None,
     remote: Annotated[
         str | None, typer.Option(help="a vidledger server URL: use its worker HTTP API")
@@ -59,10 +69,12 @@ def worker_cmd(
     import signal
 
     from app.worker.backend import LocalBackend, RemoteBackend, TaskBackend
+    from app.worker.generators import catalog
     from app.worker.runtime import build_worker, wake_if_pending
 
     settings = ctx().settings
     backend: TaskBackend
+    generators = catalog.load(settings.generators_file).select(generator)
     if remote is not None:
         if not api_key:
             raise ConfigError("--remote needs --api-key (or VIDLEDGER_API_KEY): a worker key")
@@ -72,6 +84,7 @@ def worker_cmd(
     w = build_worker(
         settings,
         backend,
+        generators,
         worker_id=worker_id,
         concurrency=concurrency,
         source_types=source_type or None,

@@ -115,6 +115,15 @@ class Backend(Protocol):
         row locked, rows other claimers hold skipped."""
         ...
 
+    def claim_due_among(
+        self, query: Select[Any], column: ColumnElement[Any], values: list[str]
+    ) -> Select[Any]:
+        """`claim_due(query)` for only the rows whose `column` is one of
+        `values`: the head of each value's queue read through an index that
+        leads with (the filter, `column`), the oldest of those heads taken.
+        `query` selects the row's key first and its order columns after it."""
+        ...
+
     def in_list(self, column: ColumnElement[Any], values: list[str]) -> ColumnElement[bool]:
         """`column IN (values)`, in the form this database plans best."""
         ...

@@ -1,7 +1,8 @@
 """The work queue: the oldest due pending video, as a claim reads it.
 
 The queue is the status projection itself, read through its
-(video_status, not_before, requested_at) index.
+(video_status, not_before, requested_at) index, or, for a claim that names
+its generators, the (video_status, generator, not_before, requested_at) one.
 """
 
 from __future__ import annotations
@@ -16,16 +17,21 @@ from app.lifecycle import Status
 
 
 def lock_oldest_due(
-    backend: Backend, conn: Connection, now: datetime, source_types: list[str] | None
+    backend: Backend,
+    conn: Connection,
+    now: datetime,
+    source_types: list[str] | None,
+    generators: list[str] | None = None,
 ) -> str | None:
     """Lock the status row of the oldest due pending video and name it, or None.
 
     Rows other claimers hold are skipped (`Backend.claim_due`). This row lock
-    is the first lock of a claim's transaction, as in every command.
+    is the first lock of a claim's transaction, as in every command. With
+    `generators`, only their videos are looked at.
     """
     c = image_status.c
     query = (
-        select(c.img_name)
+        select(c.img_name, c.not_before, c.requested_at)
         .where(c.video_status == Status.PENDING.value)
         .where(c.not_before <= now)
         .order_by(c.not_before, c.requested_at)
@@ -33,5 +39,10 @@ def lock_oldest_due(
     )
     if source_types:
         query = query.where(backend.in_list(c.source_type, source_types))
-    found: str | None = conn.execute(backend.claim_due(query)).scalar()
+    claim = (
+        backend.claim_due_among(query, c.generator, generators)
+        if generators
+        else backend.claim_due(query)
+    )
+    found: str | None = conn.execute(claim).scalar()
     return found

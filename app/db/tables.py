@@ -33,6 +33,7 @@ metadata = MetaData(
 )
 
 IMG_NAME = String(500)
+GENERATOR_NAME = String(40)
 
 #: The append-only log . Rows are never updated or deleted.
 events = Table(
@@ -85,6 +86,7 @@ def status_columns() -> list[Column[object]]:
         Column("last_position", BigInteger, nullable=False),
         Column("queued_seconds", Float),
         Column("generation_seconds", Float),
+        Column("generator", GENERATOR_NAME),
     ]
 
 
@@ -92,6 +94,13 @@ STATUS_TABLE = "image_video_status"
 #: The projection's indexes: the worker's queue, listings, and newest-first.
 STATUS_INDEXES = {
     "video_status_not_before_requested_at": ("video_status", "not_before", "requested_at"),
+    # The queue of one generator: a claim naming its generators probes each.
+    "queue_by_generator": (
+        "video_status",
+        "generator",
+        "not_before",
+        "requested_at",
+    ),
     # Listings, newest first, unfiltered / by status / by source type and status.
     "updated_at": ("updated_at",),
     "video_status_updated_at": ("video_status", "updated_at", "id"),

@@ -16,7 +16,10 @@ from typing import Any
 from app.lifecycle import EventType, Status
 
 #: The schema version each event type is written with today.
-CURRENT_SCHEMA: dict[EventType, int] = {t: 1 for t in EventType} | {EventType.REQUESTED: 2}
+CURRENT_SCHEMA: dict[EventType, int] = {t: 1 for t in EventType} | {EventType.REQUESTED: 3}
+
+#: The generator of every video requested before generators were named (v1, v2).
+FIRST_GENERATOR = "kenburns"
 
 #: Generation settings a VideoRequested v2 carries when the client sends none.
 DEFAULT_PARAMS: dict[str, Any] = {"duration_seconds": 3.0, "fps": 24, "max_size": 1280}
@@ -68,9 +71,12 @@ def error_payload(code: str, message: str, retryable: bool) -> Json:
     return {"code": code, "message": message, "retryable": retryable}
 
 
-def requested(source_type: str, prompt: str | None, params: Json, regenerate: bool) -> Json:
+def requested(
+    source_type: str, prompt: str | None, params: Json, regenerate: bool, generator: str
+) -> Json:
     return {
         "source_type": source_type,
+        "generator": generator,
         "prompt": prompt,
         "params": {**DEFAULT_PARAMS, **params},
         "regenerate": regenerate,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app.events.types import CURRENT_SCHEMA, DEFAULT_PARAMS, Json
+from app.events.types import CURRENT_SCHEMA, DEFAULT_PARAMS, FIRST_GENERATOR, Json
 from app.lifecycle import EventType
 
 Upcaster = Callable[[Json], Json]
@@ -19,8 +19,14 @@ def video_requested_v1_to_v2(data: Json) -> Json:
     return {**data, "params": dict(DEFAULT_PARAMS)}
 
 
+def video_requested_v2_to_v3(data: Json) -> Json:
+    """v3 names its generator; before, there was only the built-in one."""
+    return {**data, "generator": FIRST_GENERATOR}
+
+
 UPCASTERS: dict[tuple[EventType, int], Upcaster] = {
     (EventType.REQUESTED, 1): video_requested_v1_to_v2,
+    (EventType.REQUESTED, 2): video_requested_v2_to_v3,
 }
 
 

@@ -18,7 +18,7 @@ from app.lifecycle import EventType, Status
 
 NAME = "image_video_status"
 #: Bump when the fold or the table's columns change; startup rebuilds.
-VERSION = 2  # v2: queued_seconds and generation_seconds
+VERSION = 3  # v2: queued_seconds and generation_seconds; v3: generator
 
 
 @dataclass(slots=True)
@@ -47,6 +47,8 @@ class StatusRow:
     queued_seconds: float | None = None
     #: Processing start -> completion, for the last completed video.
     generation_seconds: float | None = None
+    #: The generator of the current generation (None before any request).
+    generator: str | None = None
 
     def as_values(self) -> dict[str, Any]:
         """Column values for the table."""
@@ -124,6 +126,7 @@ def apply_into(new: StatusRow, event: FoldEvent) -> None:
     t = event.event_type
     if t is EventType.REQUESTED:
         new.source_type = data["source_type"]
+        new.generator = data["generator"]
         new.prompt = data["prompt"]
         new.params = data["params"]
         new.generation += 1

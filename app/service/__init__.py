@@ -4,7 +4,7 @@ They return domain results (`results`) and know nothing of HTTP. The edges
 (`api`, `worker`, `cli`) call them and nothing below them.
 """
 
-from app.service.base import CONFLICT_RETRIES, Actor, Policy, utcnow
+from app.service.base import CONFLICT_RETRIES, Actor, GeneratorNames, Policy, utcnow
 from app.service.results import Heartbeat, Idempotency, Outcome, Page, Replayed, Task, VideoState
 from app.service.tasks import TaskCommands
 from app.service.videos import IDEMPOTENCY_TTL, VideoCommands
@@ -18,6 +18,7 @@ __all__ = [
     "CONFLICT_RETRIES",
     "IDEMPOTENCY_TTL",
     "Actor",
+    "GeneratorNames",
     "Heartbeat",
     "Idempotency",
     "Outcome",

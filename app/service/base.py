@@ -18,8 +18,8 @@ from typing import TypeVar
 from app import lifecycle
 from app.db.engine import Database
 from app.db.unit_of_work import UnitOfWork, unit_of_work
-from app.errors import ConcurrencyConflict, Unavailable
-from app.events.types import Json, NewEvent, RecordedEvent
+from app.errors import ConcurrencyConflict, Unavailable, ValidationFailed
+from app.events.types import FIRST_GENERATOR, Json, NewEvent, RecordedEvent
 from app.lifecycle import EventType, Status
 from app.projections import projector
 from app.projections.projector import Current
@@ -39,13 +39,34 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
+class GeneratorNames:
+    """The generators a request may name (the generators file's), and the
+    one a request that names none gets."""
+
+    names: tuple[str, ...] = (FIRST_GENERATOR,)
+    default: str = FIRST_GENERATOR
+
+    def resolve(self, name: str | None) -> str:
+        """`name`, or the default for None. Raises `ValidationFailed` for a
+        name that is not configured, naming the known ones."""
+        if name is None:
+            return self.default
+        if name not in self.names:
+            known = ", ".join(self.names)
+            message = f"unknown generator {name!r}; known: {known}"
+            raise ValidationFailed(message, errors=[{"loc": ["body", "generator"], "msg": message}])
+        return name
+
+
+@dataclass(frozen=True)
 class Policy:
-    """Numbers that shape retries and leases."""
+    """Numbers that shape retries and leases, and the generators on offer."""
 
     max_attempts: int = 3
     lease_seconds: int = 60
     backoff_base_seconds: float = 2.0
     backoff_cap_seconds: float = 300.0
+    generators: GeneratorNames = GeneratorNames()
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,9 @@ class VideoQueries:
         return Page(items=items, next_cursor=page.cursor)
 
     def stats(self, now: datetime) -> Json:
-        """Counts by status and by source type, queue depth, oldest pending age."""
+        """Counts by status, by source type and by generator; the queue (depth,
+        due, oldest pending age) in all and per generator; failures per
+        generator by error code."""
         c = image_status.c
         with self.db.read() as conn:
             by_status: dict[str, int] = dict(
@@ -192,25 +194,53 @@ class VideoQueries:
                 )
             ):
                 by_source.setdefault(source or "unknown", {})[st] = n
-            due, oldest = conn.execute(
+            by_generator: dict[str, dict[str, int]] = {}
+            for generator, st, n in conn.execute(
+                select(c.generator, c.video_status, func.count())
+                .where(c.generator.is_not(None))
+                .group_by(c.generator, c.video_status)
+            ):
+                by_generator.setdefault(generator, {})[st] = n
+            queues: dict[str, Json] = {}
+            for generator, depth, due_now, oldest_one in conn.execute(
                 select(
+                    c.generator,
+                    func.count(),
                     func.count().filter(c.not_before <= now),
                     func.min(c.requested_at),
-                ).where(c.video_status == Status.PENDING.value)
-            ).one()
+                )
+                .where(c.video_status == Status.PENDING.value)
+                .group_by(c.generator)
+            ):
+                queues[generator or "unknown"] = {
+                    "depth": int(depth),
+                    "due": int(due_now or 0),
+                    "oldest_pending_age_seconds": _age(now, oldest_one),
+                }
+            failures: dict[str, dict[str, int]] = {}
+            for generator, code, n in conn.execute(
+                select(c.generator, c.error_code, func.count())
+                .where(c.video_status == Status.FAILED.value)
+                .group_by(c.generator, c.error_code)
+            ):
+                failures.setdefault(generator or "unknown", {})[code or "unknown"] = n
+            due = sum(q["due"] for q in queues.values())
+            ages = [q["oldest_pending_age_seconds"] for q in queues.values()]
+            oldest_age = max((a for a in ages if a is not None), default=None)
             processing = by_status.get(Status.PROCESSING.value, 0)
         counts = {s.value: int(by_status.get(s.value, 0)) for s in Status if s is not Status.NONE}
         counts["none"] = int(by_status.get("none", 0))
         return {
             "by_status": counts,
             "by_source_type": by_source,
+            "by_generator": by_generator,
             "total": sum(counts.values()),
             "queue_depth": counts["pending"],
-            "due": int(due or 0),
+            "due": due,
             "processing": processing,
-            "oldest_pending_age_seconds": round((now - oldest).total_seconds(), 3)
-            if oldest is not None
-            else None,
+            "oldest_pending_age_seconds": oldest_age,
+            "queue_by_generator": queues,
+            "failures_by_generator": failures,
         }
 
     def feed_lag(self, now: datetime) -> tuple[int, float]:
@@ -233,3 +263,7 @@ class VideoQueries:
     def projections(self) -> list[ProjectionInfo]:
         with self.db.read() as conn:
             return describe(conn)
+
+
+def _age(now: datetime, since: datetime | None) -> float | None:
+    return round((now - since).total_seconds(), 3) if since is not None else None

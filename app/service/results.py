@@ -52,6 +52,7 @@ Outcome = VideoState | Replayed
 class Task:
     img_name: str
     source_type: str | None
+    generator: str
     prompt: str | None
     params: Json
     generation: int

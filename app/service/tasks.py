@@ -33,8 +33,10 @@ class TaskCommands(CommandBase):
         *,
         lease_seconds: int | None = None,
         source_types: list[str] | None = None,
+        generators: list[str] | None = None,
     ) -> Task | None:
-        """Claim the oldest due pending video, or return None if nothing is due.
+        """Claim the oldest due pending video (of `generators`, when named), or
+        return None if nothing is due.
 
         Appends `VideoProcessingStarted` at the version read, so a conflict
         means another worker won; the claim then looks again.
@@ -44,7 +46,7 @@ class TaskCommands(CommandBase):
 
         def work(uow: UnitOfWork) -> Task | None:
             now = self.clock()
-            img_name = queue.lock_oldest_due(uow.backend, uow.conn, now, source_types)
+            img_name = queue.lock_oldest_due(uow.backend, uow.conn, now, source_types, generators)
             if img_name is None:
                 return None
             current = projector.load_current(uow.conn, img_name)  # the row this already holds
@@ -72,6 +74,7 @@ class TaskCommands(CommandBase):
             return Task(
                 img_name=img_name,
                 source_type=row.source_type,
+                generator=row.generator or ev.FIRST_GENERATOR,
                 prompt=row.prompt,
                 params=row.params or dict(ev.DEFAULT_PARAMS),
                 generation=row.generation,

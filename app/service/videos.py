@@ -36,11 +36,14 @@ class VideoCommands(CommandBase):
         prompt: str | None = None,
         params: Json | None = None,
         regenerate: bool = False,
+        generator: str | None = None,
         idem: Idempotency | None = None,
     ) -> Outcome:
-        """Append `VideoRequested`. Raises `VideoInProgress`, `VideoExists`,
-        `IdempotencyKeyReused`; returns the new state (pending)."""
-        data = ev.requested(source_type, prompt, params or {}, regenerate)
+        """Append `VideoRequested`, for `generator` or the default one.
+        Raises `ValidationFailed` (an unknown generator), `VideoInProgress`,
+        `VideoExists`, `IdempotencyKeyReused`; returns the new state (pending)."""
+        chosen = self.policy.generators.resolve(generator)
+        data = ev.requested(source_type, prompt, params or {}, regenerate, chosen)
         return self._client_write(
             img_name, actor, idem, lambda _: (EventType.REQUESTED, data), regenerate=regenerate
         )

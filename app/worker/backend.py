@@ -20,7 +20,11 @@ from app.service import Heartbeat, Task, VideoService
 
 class TaskBackend(Protocol):
     def claim(
-        self, worker_id: str, lease_seconds: int | None, source_types: list[str] | None
+        self,
+        worker_id: str,
+        lease_seconds: int | None,
+        source_types: list[str] | None,
+        generators: list[str] | None,
     ) -> Task | None: ...
 
     def heartbeat(self, img_name: str, token: str, progress: float | None) -> Heartbeat: ...
@@ -47,10 +51,17 @@ class LocalBackend:
         self.service = service
 
     def claim(
-        self, worker_id: str, lease_seconds: int | None, source_types: list[str] | None
+        self,
+        worker_id: str,
+        lease_seconds: int | None,
+        source_types: list[str] | None,
+        generators: list[str] | None,
     ) -> Task | None:
         return self.service.claim_task(
-            worker_id, lease_seconds=lease_seconds, source_types=source_types
+            worker_id,
+            lease_seconds=lease_seconds,
+            source_types=source_types,
+            generators=generators,
         )
 
     def heartbeat(self, img_name: str, token: str, progress: float | None) -> Heartbeat:
@@ -116,13 +127,19 @@ class RemoteBackend:
         return f"/v1/worker/tasks/{quote(img_name, safe='')}/{action}"
 
     def claim(
-        self, worker_id: str, lease_seconds: int | None, source_types: list[str] | None
+        self,
+        worker_id: str,
+        lease_seconds: int | None,
+        source_types: list[str] | None,
+        generators: list[str] | None,
     ) -> Task | None:
         body: dict[str, Any] = {"worker_id": worker_id}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
         if source_types:
             body["source_types"] = source_types
+        if generators:
+            body["generators"] = generators
         response = self._post("/v1/worker/claim", body)
         if response.status_code == 204:
             return None
@@ -130,6 +147,7 @@ class RemoteBackend:
         return Task(
             img_name=data["img_name"],
             source_type=data["source_type"],
+            generator=data["generator"],
             prompt=data["prompt"],
             params=data["params"],
             generation=data["generation"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,6 +38,8 @@ T = TypeVar("T")
 
 #: Wait between tries to record a result while the database is unreachable.
 RECORD_RETRY_SECONDS = 1.0
+#: Past a generator's own timeout, how long the loop waits before stopping it.
+TIMEOUT_MARGIN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class WorkerConfig:
     reap_seconds: float = 5.0
     #: How long shutdown waits for running tasks before releasing them.
     grace_seconds: float = 10.0
-    #: A generation running longer than this fails with `generator.timeout`.
+    #: A generation running longer than this fails with `generator.timeout`,
+    #: unless its generator has a `timeout_seconds` of its own.
     task_timeout_seconds: float = 600.0
 
 
@@ -67,18 +70,23 @@ class _Running:
 
 
 class Worker:
-    """Runs until `stop` is set; `wake` (optional) cuts the idle wait short."""
+    """Runs until `stop` is set; `wake` (optional) cuts the idle wait short.
+
+    It claims only the videos of `generators` (by name) and runs each with its own.
+    """
 
     def __init__(
         self,
         backend: TaskBackend,
-        generator: VideoGenerator,
+        generators: Mapping[str, VideoGenerator],
         config: WorkerConfig,
         *,
         wake: threading.Event | None = None,
     ) -> None:
+        if not generators:
+            raise ValueError("a worker needs at least one generator")
         self.backend = backend
-        self.generator = generator
+        self.generators = dict(generators)
         self.config = config
         self.files = VideoFiles(config.videos_dir)
         self.wake = wake or threading.Event()
@@ -98,7 +106,11 @@ class Worker:
         cfg = self.config
         log.info(
             "worker started",
-            extra={"worker_id": cfg.worker_id, "concurrency": cfg.concurrency},
+            extra={
+                "worker_id": cfg.worker_id,
+                "concurrency": cfg.concurrency,
+                "generators": ",".join(self.generators),
+            },
         )
         next_reap = 0.0
         while not self.stop.is_set():
@@ -108,7 +120,9 @@ class Worker:
             claimed = False
             if self.busy() < cfg.concurrency:
                 task = self._safely(
-                    lambda: self.backend.claim(cfg.worker_id, cfg.lease_seconds, cfg.source_types)
+                    lambda: self.backend.claim(
+                        cfg.worker_id, cfg.lease_seconds, cfg.source_types, list(self.generators)
+                    )
                 )
                 if task is not None:
                     self._start(task)
@@ -153,6 +167,10 @@ class Worker:
                 r.abort.set()  # the generator stops; the task is released
         for r in running:
             r.thread.join(30)
+        for generator in self.generators.values():
+            close = getattr(generator, "close", None)
+            if close is not None:
+                close()
         self.backend.close()
         log.info("worker stopped", extra={"worker_id": self.config.worker_id})
 
@@ -160,14 +178,32 @@ class Worker:
 
     def _run_task(self, task: Task, abort: threading.Event) -> None:
         started = time.monotonic()
-        extra = {"img_name": task.img_name, "attempt": task.attempt, "generation": task.generation}
+        extra = {
+            "img_name": task.img_name,
+            "attempt": task.attempt,
+            "generation": task.generation,
+            "generator": task.generator,
+        }
         log.info("task claimed", extra=extra)
+        generator = self.generators.get(task.generator)
+        if generator is None:  # only a claim that named no generators could bring one
+            self._safely(lambda: self.backend.release(task.img_name, task.lease_token))
+            with self._lock:
+                self._running.pop(task.img_name, None)
+            log.warning("task released: this worker does not run its generator", extra=extra)
+            return
         progress = [0.0]
         cancel = threading.Event()
         lost = threading.Event()
         done = threading.Event()
         lease_ends = [task.lease_expires_at.timestamp()]  # heartbeats move it on
-        deadline = started + self.config.task_timeout_seconds
+        own_timeout: float | None = getattr(generator, "timeout_seconds", None)
+        timeout = (
+            own_timeout + TIMEOUT_MARGIN_SECONDS
+            if own_timeout is not None
+            else self.config.task_timeout_seconds
+        )
+        deadline = started + timeout
         beat = threading.Thread(
             target=self._heartbeat,
             args=(task, progress, cancel, lost, done, lease_ends),
@@ -179,9 +215,15 @@ class Worker:
         try:
             image = resolve_image(self.config.images_dir, task.img_name)
             request = GenerationRequest(
-                image_path=image, output_path=self.config.videos_dir / filename, params=task.params
+                image_path=image,
+                output_path=self.config.videos_dir / filename,
+                params=task.params,
+                prompt=task.prompt,
+                img_name=task.img_name,
+                generation=task.generation,
+                attempt=task.attempt,
             )
-            video = self.generator.generate(
+            video = generator.generate(
                 request,
                 progress=lambda p: progress.__setitem__(0, p),
                 should_stop=lambda: (
@@ -203,7 +245,7 @@ class Worker:
                     "fps": video.fps,
                     "codec": video.codec,
                     "bytes": video.bytes,
-                    "generator": self.generator.name,
+                    "generator": task.generator,
                     "worker_id": self.config.worker_id,
                 }
                 self._while_leased(
@@ -216,7 +258,7 @@ class Worker:
                 outcome = "completed"
         except GenerationCancelled:
             done.set()
-            outcome = self._stopped(task, cancel, lost, abort, deadline)
+            outcome = self._stopped(task, cancel, lost, abort, deadline, timeout)
         except GenerationError as exc:
             done.set()
             self.backend.fail(task.img_name, task.lease_token, exc.code, exc.message, exc.retryable)
@@ -278,6 +320,7 @@ class Worker:
         lost: threading.Event,
         abort: threading.Event,
         deadline: float,
+        timeout: float,
     ) -> str:
         """Record why generation stopped early."""
         try:
@@ -290,7 +333,7 @@ class Worker:
                 self.backend.release(task.img_name, task.lease_token)
                 return "released (shutdown)"
             if time.monotonic() > deadline:
-                message = f"generation ran past {self.config.task_timeout_seconds:g} s"
+                message = f"generation ran past {timeout:g} s"
                 self.backend.fail(
                     task.img_name, task.lease_token, "generator.timeout", message, True
                 )

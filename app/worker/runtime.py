@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from app.config import Settings
@@ -17,7 +18,7 @@ from app.events.types import RecordedEvent
 from app.lifecycle import Status
 from app.service import VideoService
 from app.worker.backend import LocalBackend, TaskBackend
-from app.worker.generators import get_generator
+from app.worker.generators import VideoGenerator
 from app.worker.loop import Worker, WorkerConfig
 
 
@@ -39,6 +40,7 @@ class WakeOnPending:
 def build_worker(
     settings: Settings,
     backend: TaskBackend,
+    generators: Mapping[str, VideoGenerator],
     *,
     worker_id: str | None = None,
     concurrency: int = 1,
@@ -56,7 +58,7 @@ def build_worker(
         task_timeout_seconds=settings.task_timeout_seconds,
         reap_seconds=settings.reap_interval_seconds,
     )
-    return Worker(backend, get_generator(settings.generator), config, wake=wake)
+    return Worker(backend, generators, config, wake=wake)
 
 
 @dataclass
@@ -73,11 +75,17 @@ class RunningWorker:
 
 
 def start_embedded(
-    settings: Settings, service: VideoService, wake: threading.Event, concurrency: int = 1
+    settings: Settings,
+    service: VideoService,
+    wake: threading.Event,
+    generators: Mapping[str, VideoGenerator],
+    concurrency: int = 1,
 ) -> RunningWorker:
     """Run the worker loop in a thread of this process, woken by local appends
     and, on PostgreSQL, by other processes' appends too."""
-    worker = build_worker(settings, LocalBackend(service), concurrency=concurrency, wake=wake)
+    worker = build_worker(
+        settings, LocalBackend(service), generators, concurrency=concurrency, wake=wake
+    )
     service.db.backend.start_listener(
         settings.database_url, lambda status: wake_if_pending(wake, status), worker.stop
     )

@@ -53,6 +53,10 @@ def test_overview_shows_a_requested_video_arrive_live_and_complete(
     server.request_video("lost.png", "upload", image=False)
     live_row(page, "lost.png", "failed").wait_for()
     page.locator('[data-count="failed"]', has_text="1").wait_for()
+    # The queue and the failures, by generator: one completed, one failed.
+    kenburns = page.locator('#generators tbody tr[data-generator="kenburns"]')
+    kenburns.locator("td", has_text="image.not_found 1").wait_for()
+    assert kenburns.locator("td").nth(5).inner_text() == "2"  # completed
     page.locator("#ready", has_text="healthy").wait_for()
     assert page.js_errors == []
     screenshot(page, "overview-desktop")

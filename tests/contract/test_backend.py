@@ -34,7 +34,7 @@ def _requested(prompt: str | None = None) -> NewEvent:
         EventType.REQUESTED,
         Status.NONE,
         Status.PENDING,
-        ev.requested("scene", prompt, {}, False),
+        ev.requested("scene", prompt, {}, False, "kenburns"),
         actor="contract",
     )
 

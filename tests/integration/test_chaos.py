@@ -554,7 +554,7 @@ def test_a_finished_video_is_recorded_once_a_short_outage_is_over(
     svc = VideoService(database, Policy(lease_seconds=30), files=VideoFiles(videos))
     svc.request_video("a.png", "scene", Actor("app"), params=TINY)
     config = WorkerConfig("w1", images, videos, poll_seconds=0.05)
-    worker = Worker(OutageOnComplete(svc, outages=2), KenBurnsGenerator(), config)
+    worker = Worker(OutageOnComplete(svc, outages=2), {"kenburns": KenBurnsGenerator()}, config)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:

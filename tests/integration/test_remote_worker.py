@@ -47,7 +47,7 @@ def test_a_remote_worker_makes_the_video_through_the_http_api(
     make_png(settings.images_dir, "cat.png")
     VideoService(database).request_video("cat.png", "scene", Actor("app"), params={"fps": 4})
     cfg = WorkerConfig("gpu1", settings.images_dir, settings.videos_dir, poll_seconds=0.05)
-    worker = Worker(RemoteBackend(server, secret), KenBurnsGenerator(), cfg)
+    worker = Worker(RemoteBackend(server, secret), {"kenburns": KenBurnsGenerator()}, cfg)
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:
@@ -68,6 +68,6 @@ def test_a_remote_worker_with_a_read_key_is_refused(server: str, database: Datab
     backend = RemoteBackend(server, secret)
     try:
         with pytest.raises(Forbidden, match="403"):
-            backend.claim("w", None, None)
+            backend.claim("w", None, None, None)
     finally:
         backend.close()

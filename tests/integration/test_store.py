@@ -25,7 +25,7 @@ def _requested() -> NewEvent:
         EventType.REQUESTED,
         Status.NONE,
         Status.PENDING,
-        ev.requested("scene", None, {}, False),
+        ev.requested("scene", None, {}, False, "kenburns"),
         actor="test",
     )
 

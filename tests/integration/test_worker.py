@@ -72,7 +72,7 @@ class Running:
             reap_seconds=0.2,
             **config,
         )
-        worker = Worker(LocalBackend(svc), generator or KenBurnsGenerator(), cfg)
+        worker = Worker(LocalBackend(svc), {"kenburns": generator or KenBurnsGenerator()}, cfg)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         self.workers.append((worker, thread))
@@ -220,7 +220,7 @@ def test_shutdown_releases_a_running_task_without_using_an_attempt(
     svc.request_video("a.png", "scene", ME)
     slow = Slow()
     cfg = WorkerConfig("w1", dirs[0], dirs[1], poll_seconds=0.05, grace_seconds=0.2)
-    worker = Worker(LocalBackend(svc), slow, cfg)
+    worker = Worker(LocalBackend(svc), {"kenburns": slow}, cfg)
     thread = threading.Thread(target=worker.run)
     thread.start()
     assert slow.started.wait(30)

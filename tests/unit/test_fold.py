@@ -50,7 +50,9 @@ class Stream:
 
     def request(self, regenerate: bool = False) -> StatusRow:
         return self.add(
-            EventType.REQUESTED, Status.PENDING, ev.requested("scene", "zoom", {}, regenerate)
+            EventType.REQUESTED,
+            Status.PENDING,
+            ev.requested("scene", "zoom", {}, regenerate, "kenburns"),
         )
 
     def start(self, attempt: int) -> StatusRow:

@@ -18,7 +18,6 @@ from app.worker.generators import (
     GenerationError,
     GenerationRequest,
     KenBurnsGenerator,
-    get_generator,
     parse_params,
 )
 from app.worker.generators.kenburns import output_size
@@ -310,7 +309,11 @@ def test_an_unwritable_output_folder_is_a_retryable_crash(tmp_path: Path) -> Non
 )
 def test_params_out_of_range_are_invalid(tmp_path: Path, params: dict[str, Any]) -> None:
     with pytest.raises(GenerationError) as caught:
-        GenerationRequest(tmp_path / "a.png", tmp_path / "a.mp4", params)
+        KenBurnsGenerator().generate(
+            GenerationRequest(tmp_path / "a.png", tmp_path / "a.mp4", params),
+            progress=lambda _: None,
+            should_stop=lambda: False,
+        )
 
     assert caught.value.code == "params.invalid"
     assert caught.value.retryable is False
@@ -323,9 +326,3 @@ def test_params_bounds_are_inclusive_and_unknown_keys_ignored() -> None:
     assert (low.duration_seconds, low.fps, low.max_size) == (0.5, 1, 16)
     assert (high.duration_seconds, high.fps, high.max_size) == (30.0, 60, 4096)
     assert parse_params({}).frames == 72
-
-
-def test_the_registry_knows_kenburns_only() -> None:
-    assert get_generator("kenburns").name == "kenburns"
-    with pytest.raises(ValueError, match=r"unknown generator 'sora'; known: kenburns"):
-        get_generator("sora")

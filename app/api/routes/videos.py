@@ -73,7 +73,10 @@ def request_video(
     svc: Service,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    idem = idempotency(idempotency_key, "request", body.model_dump(), 202)
+    fingerprinted = body.model_dump()
+    if body.generator is None:
+        del fingerprinted["generator"]  # fingerprinted as before generators existed
+    idem = idempotency(idempotency_key, "request", fingerprinted, 202)
     outcome = svc.request_video(
         body.img_name,
         body.source_type,
@@ -81,6 +84,7 @@ def request_video(
         prompt=body.prompt,
         params=body.params,
         regenerate=body.regenerate,
+        generator=body.generator,
         idem=idem,
     )
     return respond(outcome, 202, _location(body.img_name))

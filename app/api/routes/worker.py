@@ -33,7 +33,10 @@ LEASE_ERRORS = responses(401, 403, 409, 413, 422)
 )
 def claim(body: ClaimIn, _: Worker, svc: Service) -> Response:
     task = svc.claim_task(
-        body.worker_id, lease_seconds=body.lease_seconds, source_types=body.source_types
+        body.worker_id,
+        lease_seconds=body.lease_seconds,
+        source_types=body.source_types,
+        generators=body.generators,
     )
     if task is None:
         return Response(status_code=204)
@@ -41,6 +44,7 @@ def claim(body: ClaimIn, _: Worker, svc: Service) -> Response:
         {
             "img_name": task.img_name,
             "source_type": task.source_type,
+            "generator": task.generator,
             "prompt": task.prompt,
             "params": task.params,
             "generation": task.generation,

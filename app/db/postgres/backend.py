@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     select,
     text,
+    true,
     tuple_,
     type_coerce,
 )
@@ -135,6 +136,19 @@ class PostgresBackend:
 
     def claim_due(self, query: Select[Any]) -> Select[Any]:
         return query.with_for_update(skip_locked=True)
+
+    def claim_due_among(
+        self, query: Select[Any], column: ColumnElement[Any], values: list[str]
+    ) -> Select[Any]:
+        """One LATERAL probe per value, each its queue's head (`FOR UPDATE SKIP
+        LOCKED`, an index range scan), then the oldest head. A head that is
+        not taken stays locked until this transaction ends, a claim's few
+        milliseconds: other claimers skip it, as they skip any claimed row."""
+        names = func.unnest(cast(values, postgresql.ARRAY(String))).table_valued("name")
+        names = names.render_derived(name="wanted")
+        head = query.where(column == names.c.name).with_for_update(skip_locked=True).lateral("head")
+        key, *order = head.c
+        return select(key).select_from(names).join(head, true()).order_by(*order).limit(1)
 
     def in_list(self, column: ColumnElement[Any], values: list[str]) -> ColumnElement[bool]:
         """`= ANY(array)`: one bound value, however many names."""

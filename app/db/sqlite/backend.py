@@ -117,6 +117,11 @@ class SqliteBackend:
     def claim_due(self, query: Select[Any]) -> Select[Any]:
         return query  # BEGIN IMMEDIATE already excludes every other claimer
 
+    def claim_due_among(
+        self, query: Select[Any], column: ColumnElement[Any], values: list[str]
+    ) -> Select[Any]:
+        return query.where(column.in_(values))  # one writer: nothing to skip
+
     def in_list(self, column: ColumnElement[Any], values: list[str]) -> ColumnElement[bool]:
         return column.in_(values)
 

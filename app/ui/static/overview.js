@@ -47,6 +47,28 @@ async function readStats() {
         ...STATUSES.map((s) => el("td", { class: "num" }, counts[s] || 0)));
     });
   document.querySelector("#sources tbody").replaceChildren(...rows);
+  document.querySelector("#generators tbody").replaceChildren(...generatorRows(stats));
+}
+
+function generatorRows(stats) {
+  const names = new Set([...Object.keys(stats.by_generator), ...Object.keys(stats.queue_by_generator)]);
+  return [...names].sort((a, b) => a.localeCompare(b)).map((name) => {
+    const counts = stats.by_generator[name] || {};
+    const queue = stats.queue_by_generator[name] || { due: 0, depth: 0, oldest_pending_age_seconds: null };
+    const codes = Object.entries(stats.failures_by_generator[name] || {})
+      .sort(([, a], [, b]) => b - a)
+      .map(([code, n]) => `${code} ${n.toLocaleString()}`)
+      .join(", ");
+    return el("tr", { dataset: { generator: name } },
+      el("th", { scope: "row" }, name),
+      el("td", { class: "num" }, queue.due.toLocaleString()),
+      el("td", { class: "num" }, queue.depth.toLocaleString()),
+      el("td", { class: "num" }, duration(queue.oldest_pending_age_seconds)),
+      el("td", { class: "num" }, (counts.processing || 0).toLocaleString()),
+      el("td", { class: "num" }, (counts.completed || 0).toLocaleString()),
+      el("td", { class: "num" }, (counts.failed || 0).toLocaleString()),
+      el("td", {}, codes || "–"));
+  });
 }
 
 function liveRow(event) {

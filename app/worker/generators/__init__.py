@@ -1,4 +1,5 @@
-"""Video generators: the contract in `base`, the local Ken Burns one, and a lookup by name."""
+"""Video generators: the contract in `base`, the kinds (`kenburns`, `cog`,
+`command`), and the generators file that names them (`catalog`)."""
 
 from app.worker.generators.base import (
     GeneratedVideo,
@@ -20,14 +21,6 @@ __all__ = [
     "GenerationRequest",
     "KenBurnsGenerator",
     "VideoGenerator",
-    "get_generator",
     "parse_params",
     "resolve_image",
 ]
-
-
-def get_generator(name: str) -> VideoGenerator:
-    """The generator registered as `name`; raises ValueError for an unknown name."""
-    if name == "kenburns":
-        return KenBurnsGenerator()
-    raise ValueError(f"unknown generator {name!r}; known: kenburns")

@@ -7,6 +7,7 @@ Pure Python with no I/O at import; a generator (local or remote) implements
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,27 @@ class GenerationError(Exception):
         self.code = code
         self.message = message
         self.retryable = retryable
+
+
+#: An absolute path (two or more parts) inside a message; `redact` hides it.
+_PATH = re.compile(r"(?<![\w.:/~-])(?:/[\w.@+~-]+){2,}/?")
+MESSAGE_MAX = 500
+
+
+def redact(text: str, *, limit: int = MESSAGE_MAX) -> str:
+    """`text` fit for the log and a client: absolute paths replaced by
+    `<path>`, cut to `limit` characters. For messages that come from
+    elsewhere (a model, a command's stderr, an exception)."""
+    cleaned = _PATH.sub("<path>", text.strip())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1].rstrip() + "…"
+
+
+def describe(exc: BaseException) -> str:
+    """A path-free description of `exc`: an OSError's reason without its
+    file name, else the exception's own text, redacted."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return redact(str(exc)) or type(exc).__name__
 
 
 class GenerationCancelled(Exception):
@@ -100,19 +122,26 @@ def parse_params(params: dict[str, Any]) -> GenerationParams:
 class GenerationRequest:
     """One video to make: read `image_path`, write `output_path`.
 
-    `params` is validated on construction, so an invalid request never exists:
-    building one raises `GenerationError` (`params.invalid`). The validated
-    values are in `settings`.
+    `img_name`, `generation` and `attempt` name the task it is for: a remote
+    generator derives an id from them that is the same however often the
+    same attempt is sent. `params` are the request's, as the client sent
+    them with the built-in defaults filled in; `settings` reads the built-in
+    generator's knobs out of them.
     """
 
     image_path: Path
     output_path: Path
     params: dict[str, Any] = field(default_factory=dict)
-    settings: GenerationParams = field(init=False, repr=False, compare=False)
+    prompt: str | None = None
+    img_name: str = ""
+    generation: int = 1
+    attempt: int = 1
 
-    def __post_init__(self) -> None:
-        # Frozen dataclass: the derived field has to be set past the guard.
-        object.__setattr__(self, "settings", parse_params(self.params))
+    @property
+    def settings(self) -> GenerationParams:
+        """The validated knobs of the built-in generator; raises `GenerationError`
+        (`params.invalid`) for a known key with a wrong value."""
+        return parse_params(self.params)
 
 
 @dataclass(frozen=True)

@@ -6,24 +6,26 @@ result atomically (a hidden temp file in the target folder, then `os.replace`).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict
 
 from app.worker.generators.base import (
     GeneratedVideo,
     GenerationCancelled,
     GenerationError,
     GenerationRequest,
+    describe,
 )
+from app.worker.generators.catalog import settings_of
+from app.worker.generators.output import discard, publish, temp_path
 
 ZOOM_END = 1.15
 # Where the crop box sits inside the free space, as (x, y) fractions, at start and end.
@@ -121,26 +123,11 @@ def _working_image(image: Image.Image, out_w: int, out_h: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
-def _temp_path(output_path: Path) -> Path:
-    token = secrets.token_hex(6)
-    return output_path.with_name(f".{output_path.name}.{token}.part.mp4")
-
-
-def _fsync(path: Path, *, directory: bool = False) -> None:
-    # The worker records completion right after we return; without fsync a power cut
-    # could leave the log saying "completed" with no file (or an empty one) on disk.
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class KenBurnsGenerator:
     """Local generator: a Ken Burns zoom and pan over the source image."""
 
-    name: str = "kenburns"
+    def __init__(self, name: str = "kenburns") -> None:
+        self.name = name
 
     def generate(
         self,
@@ -167,8 +154,8 @@ class KenBurnsGenerator:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _crashed(f"cannot create the output folder {str(output.parent)!r}", exc) from exc
-        temp = _temp_path(output)
+            raise _crashed("cannot create the videos folder", exc) from exc
+        temp = temp_path(output)
         try:
             try:
                 with av.open(
@@ -202,19 +189,13 @@ class KenBurnsGenerator:
                     container.mux(stream.encode(None))
                 if should_stop():
                     raise GenerationCancelled("cancelled after encoding, before publishing")
-                _fsync(temp)
-                os.replace(temp, output)
-                # The file is published now; a folder that refuses fsync (some network
-                # filesystems do) must not turn a finished video into a failure.
-                with contextlib.suppress(OSError):
-                    _fsync(output.parent, directory=True)
+                publish(temp, output)
             except (av.FFmpegError, OSError) as exc:
                 raise _crashed("the H.264 encoder failed", exc) from exc
         finally:
             # After a successful replace the temp name no longer exists; this only
             # cleans up after a failure or a cancel.
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+            discard(temp)
 
         size = output.stat().st_size
         progress(1.0)
@@ -230,4 +211,16 @@ class KenBurnsGenerator:
 
 
 def _crashed(what: str, exc: BaseException) -> GenerationError:
-    return GenerationError("generator.crashed", f"{what}: {exc}", retryable=True)
+    return GenerationError("generator.crashed", f"{what}: {describe(exc)}", retryable=True)
+
+
+class KenBurnsSettings(BaseModel):
+    """The `kenburns` kind takes no settings: its knobs are each request's params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def build(name: str, settings: Mapping[str, Any]) -> KenBurnsGenerator:
+    """The `kenburns` kind (entry point `vidledger.generators`)."""
+    settings_of(KenBurnsSettings, settings)
+    return KenBurnsGenerator(name)

@@ -1,0 +1,98 @@
+"""A real Cog model server for tests: `python -m cog.server.http` (cog + coglet
+from PyPI, no Docker) serving a predictor folder, as the README tells a user.
+
+It runs with this venv's `python` first on PATH: coglet spawns its worker
+with whatever `python` it finds there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.integration.processes import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "cog-kenburns"
+NOT_VIDEO = ROOT / "tests" / "fixtures" / "cog_not_video"
+
+
+class CogServer:
+    def __init__(self, folder: Path, log_path: Path, *, slots: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+            "COG_MAX_CONCURRENCY": str(slots),
+            "PORT": str(self.port),
+        }
+        with log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+                cwd=folder,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the cog server exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health-check", timeout=2).json().get("status") == "READY":
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the cog server did not become ready")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def log(self) -> list[dict[str, Any]]:
+        """The server's JSON log lines: each prediction's start, output and end."""
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            if raw.startswith("{"):
+                try:
+                    lines.append(json.loads(raw))
+                except ValueError:
+                    continue
+        return lines
+
+    def messages(self, prediction_id: str) -> list[str]:
+        return [
+            line["fields"]["message"]
+            for line in self.log()
+            if line.get("fields", {}).get("prediction_id") == prediction_id
+        ]
+
+    def starts(self) -> Counter[str]:
+        """How often each prediction id was started."""
+        return Counter(
+            line["fields"]["prediction_id"]
+            for line in self.log()
+            if line.get("fields", {}).get("message") == "Starting prediction"
+        )
