@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from bench import generation, http_api, peer, rebuild, scale, writes
+from bench import cog_model, generation, http_api, peer, rebuild, scale, writes
 from bench.report import Report
 
 SUITES = {
     "writes": writes.run,
     "rebuild": rebuild.run,
     "generation": generation.run,
+    "cog": cog_model.run,
     "http": http_api.run,
     "scale": scale.run,
     "peer": peer.run,

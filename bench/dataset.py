@@ -2,7 +2,8 @@
 
 Images are `img<i>.png`. Their statuses are mixed as in a live service (most
 completed, some pending, processing with a lease, failed, cancelled,
-deleted), over three source types, with `updated_at` increasing with i.
+deleted), over three source types and three generators (`kenburns` most,
+`svd`, `zoom`), with `updated_at` increasing with i.
 Only the projection is written: reads never look at the log.
 """
 
@@ -21,6 +22,8 @@ from app.db.tables import image_status, leases
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 CHUNK = 100_000
 SOURCES = ("role_card", "scene", "upload")
+#: One image in ten is `svd`'s, one in twenty `zoom`'s, the rest `kenburns`'s.
+GENERATORS = ("svd",) * 2 + ("zoom",) + ("kenburns",) * 17
 N = COPY_NULL
 
 STATUS_COLUMNS = [
@@ -43,6 +46,7 @@ STATUS_COLUMNS = [
     "updated_at",
     "version",
     "last_position",
+    "generator",
 ]
 LEASE_COLUMNS = [
     "img_name",
@@ -102,6 +106,7 @@ def _status_line(i: int) -> str:
             updated,
             str(version),
             str(i),
+            GENERATORS[(i // 7) % len(GENERATORS)],
         ]
     )
 

@@ -56,7 +56,7 @@ def pipeline(root: Path, images: Path, n: int, concurrency: int) -> float:
         name = f"img{i}.png"
         svc.request_video(name, "scene", Actor("bench"), params=PARAMS)
     cfg = WorkerConfig("bench", images, videos, concurrency=concurrency, poll_seconds=0.02)
-    worker = Worker(LocalBackend(svc), KenBurnsGenerator(), cfg)
+    worker = Worker(LocalBackend(svc), {"kenburns": KenBurnsGenerator()}, cfg)
     q = VideoQueries(db)
     start = time.perf_counter()
     thread = threading.Thread(target=worker.run)

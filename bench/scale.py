@@ -104,6 +104,12 @@ def _app_statements(db: Database) -> dict[str, tuple[str, Any]]:
     wanted: dict[str, Callable[[], object]] = {
         "status read": lambda: q.status("img123457.png", caller),
         "queue claim": lambda: svc.claim_task("bench-explain"),
+        "queue claim of one generator": lambda: svc.claim_task(
+            "bench-explain", generators=["zoom"]
+        ),
+        "queue claim of two generators": lambda: svc.claim_task(
+            "bench-explain", generators=["svd", "zoom"]
+        ),
         "listing, newest first": lambda: q.list_videos(
             status=None, source_type=None, limit=50, cursor=None
         ),

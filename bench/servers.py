@@ -93,3 +93,44 @@ def serve(factory: str, env: dict[str, str], probe: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def cog_model(folder: Path, slots: int) -> Iterator[str]:
+    """A Cog model server (`python -m cog.server.http`, cog + coglet) for the
+    predictor in `folder`, with `slots` predictions at once; yields its URL."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        # coglet starts its worker with the `python` on PATH: this venv's.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "COG_PREDICT_TYPE_STUB": "predict.py:Predictor",
+        "COG_MAX_CONCURRENCY": str(slots),
+        "PORT": str(port),
+    }
+    cmd = [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the cog server exited with {proc.returncode}")
+            try:
+                if httpx.get(base + "/health-check", timeout=1).json().get("status") == "READY":
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cog server was not ready within 60 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
