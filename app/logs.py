@@ -62,3 +62,5 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     # Every append logs at INFO in app.service; keep the console to what people need.
     logging.getLogger("app.service").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request at INFO: a worker's calls to its server or model.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))

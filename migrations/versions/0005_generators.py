@@ -35,3 +35,5 @@ def downgrade() -> None:
     op.drop_index(INDEX, table_name=TABLE)
     with op.batch_alter_table(TABLE) as batch:
         batch.drop_column("generator")
+    # The table no longer holds what projection v3 wrote: mark it for a rebuild.
+    op.execute("UPDATE projection_state SET version = 2 WHERE name = 'image_video_status'")

@@ -295,3 +295,29 @@ def test_stats_and_metrics_break_the_queue_and_failures_down_by_generator(
         'vidledger_generator_failed_videos{code="provider.rejected",generator="other"} 1.0'
         in metrics
     )
+
+
+def test_a_package_adds_a_kind_through_the_entry_point_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An installed distribution of its own (not vidledger) that declares a kind.
+    site = tmp_path / "site"
+    (site / "vl_plugin-1.0.dist-info").mkdir(parents=True)
+    (site / "vl_plugin-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: vl-plugin\nVersion: 1.0\n"
+    )
+    (site / "vl_plugin-1.0.dist-info" / "entry_points.txt").write_text(
+        "[vidledger.generators]\nstill = vl_plugin:build\n"
+    )
+    (site / "vl_plugin.py").write_text(
+        "from app.worker.generators.kenburns import KenBurnsGenerator\n"
+        "def build(name, settings):\n"
+        "    gen = KenBurnsGenerator(name)\n"
+        "    gen.frames_per_second = settings.get('fps', 1)\n"
+        "    return gen\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    found = catalog.load(write(tmp_path, "[generators.poster]\nkind = 'still'\nfps = 2\n"))
+    entry = found.entries["poster"]
+    assert (entry.kind, entry.generator.name) == ("still", "poster")
+    assert "still" in catalog.kinds()
