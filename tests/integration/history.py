@@ -59,6 +59,8 @@ class Op:
     body: Any = None
     error: str | None = None
     worker_id: str | None = None
+    #: The generators a claim named (None: any).
+    generators: list[str] | None = None
 
 
 @dataclass
@@ -197,6 +199,9 @@ class Workload:
                 "prompt": op.id,
                 "regenerate": kind == "regenerate",
             }
+            generator = rng.choice([None, "a", "b"])
+            if generator is not None:
+                body["generator"] = generator
             headers = {"Idempotency-Key": op.id} if rng.random() < 0.3 else {}
             self._send(op, lambda: http.post("/v1/videos", json=body, headers=headers))
         elif kind in ("cancel", "retry"):
@@ -205,7 +210,13 @@ class Workload:
             self._send(op, lambda: http.delete(f"/v1/videos/{img}", params={"reason": op.id}))
         else:
             op.worker_id = worker_id
-            claim = {"worker_id": worker_id, "lease_seconds": rng.choice([5, 5, 30])}
+            claim: dict[str, Any] = {
+                "worker_id": worker_id,
+                "lease_seconds": rng.choice([5, 5, 30]),
+            }
+            op.generators = rng.choice([None, ["a"], ["b"], ["a", "b"]])
+            if op.generators is not None:
+                claim["generators"] = op.generators
             self._send(op, lambda: http.post("/v1/worker/claim", json=claim))
             if op.status == 200:
                 op.img = op.body["img_name"]
@@ -411,6 +422,15 @@ def _check_claim(op: Op, events: list[dict[str, Any]], where: str) -> list[str]:
     ]
     if not started:
         return [f"{where}: claimed attempt {task['attempt']}, but no such start is in the log"]
+    if op.generators is not None and task["generator"] not in op.generators:
+        return [f"{where}: claimed a {task['generator']} task, asking for {op.generators}"]
+    # The generation's request: the task's generation counts the requests before its start.
+    requests = [e for e in events if e["event_type"] == EventType.REQUESTED.value]
+    if not 1 <= task["generation"] <= len(requests):
+        return [f"{where}: claimed generation {task['generation']}, which was never requested"]
+    requested = requests[task["generation"] - 1]["data"]["generator"]
+    if requested != task["generator"]:
+        return [f"{where}: claimed a {task['generator']} task that was requested for {requested}"]
     return []
 
 

@@ -26,16 +26,21 @@ pytestmark = pytest.mark.slow
 
 SECONDS = float(os.environ.get("VIDLEDGER_HISTORY_SECONDS", "20"))
 SEED = os.environ.get("VIDLEDGER_HISTORY_SEED")
+#: Two generators: requests name one or neither, claims name one, both or none.
+GENERATORS = '[generators.a]\nkind = "kenburns"\n[generators.b]\nkind = "kenburns"\n'
 
 
 @pytest.fixture
 def procs(db_url: str, tmp_path: Path) -> Iterator[Processes]:
+    generators = tmp_path / "generators.toml"
+    generators.write_text(GENERATORS)
     env = cli_env(
         db_url,
         tmp_path / "images",
         tmp_path / "videos",
         reap_interval_seconds="0.5",
         log_level="warning",
+        generators_file=str(generators),
     )
     processes = Processes(tmp_path, env)
     yield processes
