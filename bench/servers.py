@@ -110,7 +110,12 @@ def cog_model(folder: Path, slots: int) -> Iterator[str]:
     }
     cmd = [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"]
     proc = subprocess.Popen(
-        cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+        cmd,
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
