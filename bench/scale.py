@@ -211,7 +211,9 @@ def run(report: Report) -> None:
             if any(f"Seq Scan on {table} " in line for table in GROWING)
         ]
         print(f"  EXPLAIN {label}:\n" + "\n".join(f"    {line}" for line in plan.splitlines()))
-        used = sorted(set(re.findall(r"Scan(?: Backward)? (?:using|on) (\w+)", plan)))
+        used = sorted(
+            set(re.findall(r"(?:Index|Index Only|Seq) Scan(?: Backward)? (?:using|on) (\w+)", plan))
+        )
         if seq:
             report.fail(f"EXPLAIN {label}: sequential scan at {LARGE:,} rows: {seq[0]}")
         report.add(

@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,9 @@ NOT_VIDEO = ROOT / "tests" / "fixtures" / "cog_not_video"
 
 
 class CogServer:
-    def __init__(self, folder: Path, log_path: Path, *, slots: int = 1) -> None:
+    def __init__(
+        self, folder: Path, log_path: Path, *, slots: int = 1, upload_url: str | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -40,7 +44,14 @@ class CogServer:
         }
         with log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+                [
+                    sys.executable,
+                    "-m",
+                    "cog.server.http",
+                    "--host",
+                    "127.0.0.1",
+                    *(["--upload-url", upload_url] if upload_url else []),
+                ],
                 cwd=folder,
                 env=env,
                 stdout=out,
@@ -96,3 +107,38 @@ class CogServer:
             for line in self.log()
             if line.get("fields", {}).get("message") == "Starting prediction"
         )
+
+
+class UploadStore:
+    """Where a Cog server started with `--upload-url` PUTs its outputs, and
+    from where they are fetched: a real HTTP server on loopback."""
+
+    def __init__(self) -> None:
+        files: dict[str, bytes] = {}
+        self.files = files
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                size = int(self.headers.get("content-length") or 0)
+                files[self.path] = self.rfile.read(size)
+                self.send_response(201)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                body = files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("content-length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/upload/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -24,7 +24,7 @@ from app.worker.backend import LocalBackend
 from app.worker.generators import GenerationRequest, catalog
 from app.worker.generators.cog import prediction_id
 from app.worker.loop import Worker, WorkerConfig
-from tests.integration.cog_server import EXAMPLE, NOT_VIDEO, CogServer
+from tests.integration.cog_server import EXAMPLE, NOT_VIDEO, CogServer, UploadStore
 from tests.integration.processes import CliProcess, cli_env, free_port, make_png, wait_for
 
 pytestmark = pytest.mark.slow
@@ -69,6 +69,18 @@ def broken_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CogServer
     server = CogServer(NOT_VIDEO, tmp_path_factory.mktemp("cog-bad") / "cog.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def uploading_model(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[CogServer, UploadStore]]:
+    store = UploadStore()
+    log = tmp_path_factory.mktemp("cog-upload") / "cog.log"
+    server = CogServer(EXAMPLE, log, upload_url=store.url)
+    yield server, store
+    server.stop()
+    store.stop()
 
 
 class Setup:
@@ -175,6 +187,23 @@ def test_a_cog_model_makes_the_video_and_reports_progress(
     assert completed.data["metadata"]["frames"] == 24
 
 
+def test_an_output_uploaded_to_a_url_is_fetched_from_there(
+    uploading_model: tuple[CogServer, UploadStore],
+    database: Database,
+    tmp_path: Path,
+    setups: list[Setup],
+) -> None:
+    model, uploads = uploading_model
+    img = unique("cat.png")
+    s = make(setups, database, tmp_path, generators_toml(model.url))
+    make_png(s.images, img, (640, 480))
+    s.svc.request_video(img, "scene", ME, params={**SLOW, "seconds_per_frame": 0.0})
+    s.worker()
+    wait_for(lambda: s.status(img).row.video_status.value == "completed", timeout=30)
+    row = s.status(img).row
+    assert (s.videos / row.video_filename).read_bytes() == uploads.files["/upload/video.mp4"]
+
+
 def test_a_cancel_stops_the_model(
     model: CogServer, database: Database, tmp_path: Path, setups: list[Setup]
 ) -> None:
@@ -215,6 +244,22 @@ def test_a_model_that_raises_fails_the_video_with_its_message(
     assert "the image cannot be read" in (row.error_message or "")
     assert "Prediction failed" not in (row.error_message or "")
     assert row.attempts == 1  # not retryable: tried once
+
+
+def test_an_input_the_model_refuses_is_rejected_and_not_retried(
+    model: CogServer, database: Database, tmp_path: Path, setups: list[Setup]
+) -> None:
+    img = unique("cat.png")
+    s = make(setups, database, tmp_path, generators_toml(model.url))
+    make_png(s.images, img)
+    s.svc.request_video(img, "scene", ME, params={**SLOW, "fps": 100})  # the model allows 1-30
+    s.worker()
+    wait_for(lambda: s.status(img).row.video_status.value == "failed", timeout=30)
+    row = s.status(img).row
+    assert (row.error_code, row.error_retryable, row.attempts) == ("provider.rejected", False, 1)
+    assert row.error_message == (
+        "the model refused the input: fps: 100 is greater than the maximum of 30"
+    )
 
 
 def test_a_model_server_that_is_down_is_retried_with_backoff(

@@ -468,10 +468,16 @@ def _problem(answer: httpx.Response) -> str:
         body = answer.json()
     except ValueError:
         return redact(answer.text or str(answer.status_code), limit=300)
-    if isinstance(body, dict):
-        detail = body.get("detail") or body.get("error") or body
-        return redact(detail if isinstance(detail, str) else json.dumps(detail), limit=300)
-    return redact(json.dumps(body), limit=300)
+    detail = body.get("detail") or body.get("error") or body if isinstance(body, dict) else body
+    if isinstance(detail, list):  # FastAPI-style: [{"loc": [..., "fps"], "msg": "..."}]
+        parts = [
+            f"{e['loc'][-1]}: {e['msg']}" if e.get("loc") else str(e.get("msg"))
+            for e in detail
+            if isinstance(e, dict) and "msg" in e
+        ]
+        if parts:
+            return redact("; ".join(parts), limit=300)
+    return redact(detail if isinstance(detail, str) else json.dumps(detail), limit=300)
 
 
 def _decode_data_uri(uri: str) -> bytes:
