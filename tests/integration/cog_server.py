@@ -7,9 +7,11 @@ with whatever `python` it finds there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -142,3 +144,53 @@ class UploadStore:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class FlakyProxy:
+    """A TCP proxy in front of a server that can lose the answer to the next
+    `PUT`: the request reaches the server, the client's connection is cut
+    before the answer comes back. What a worker sees when its network drops."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.drop_next_put_answer = False
+        self.dropped = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            cut = threading.Event()
+            threading.Thread(
+                target=self._pump, args=(client, upstream, cut, True), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(upstream, client, cut, False), daemon=True
+            ).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, cut: threading.Event, up: bool) -> None:
+        try:
+            while chunk := src.recv(65536):
+                if up and self.drop_next_put_answer and chunk.startswith(b"PUT /predictions/"):
+                    self.drop_next_put_answer = False
+                    cut.set()  # the request goes through; its answer will not
+                elif not up and cut.is_set():
+                    self.dropped += 1
+                    break
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def stop(self) -> None:
+        self.listener.close()

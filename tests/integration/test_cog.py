@@ -24,7 +24,13 @@ from app.worker.backend import LocalBackend
 from app.worker.generators import GenerationRequest, catalog
 from app.worker.generators.cog import prediction_id
 from app.worker.loop import Worker, WorkerConfig
-from tests.integration.cog_server import EXAMPLE, NOT_VIDEO, CogServer, UploadStore
+from tests.integration.cog_server import (
+    EXAMPLE,
+    NOT_VIDEO,
+    CogServer,
+    FlakyProxy,
+    UploadStore,
+)
 from tests.integration.processes import CliProcess, cli_env, free_port, make_png, wait_for
 
 pytestmark = pytest.mark.slow
@@ -202,6 +208,27 @@ def test_an_output_uploaded_to_a_url_is_fetched_from_there(
     wait_for(lambda: s.status(img).row.video_status.value == "completed", timeout=30)
     row = s.status(img).row
     assert (s.videos / row.video_filename).read_bytes() == uploads.files["/upload/video.mp4"]
+
+
+def test_a_lost_answer_reattaches_to_the_running_prediction(
+    model: CogServer, database: Database, tmp_path: Path, setups: list[Setup]
+) -> None:
+    proxy = FlakyProxy(model.port)
+    try:
+        img = unique("cat.png")
+        s = make(setups, database, tmp_path, generators_toml(proxy.url))
+        make_png(s.images, img, (320, 240))
+        proxy.drop_next_put_answer = True  # the PUT starts the prediction; its answer is lost
+        s.svc.request_video(img, "scene", ME, params=SLOW)
+        s.worker()
+        wait_for(lambda: s.status(img).row.video_status.value == "completed", timeout=60)
+    finally:
+        proxy.stop()
+    assert proxy.dropped >= 1
+    pid = prediction_id(GenerationRequest(Path(), Path(), img_name=img))
+    assert model.starts()[pid] == 1, "the PUT sent again reattached; it started nothing"
+    kinds = [e.event_type for e in s.events(img)]
+    assert kinds == [EventType.REQUESTED, EventType.PROCESSING_STARTED, EventType.COMPLETED]
 
 
 def test_a_cancel_stops_the_model(

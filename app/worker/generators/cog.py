@@ -91,6 +91,9 @@ class CogSettings(BaseModel):
     webhook_url: str | None = None
     #: Bounds each HTTP call to the server (the prediction itself has `timeout_seconds`).
     request_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    #: How long a lost connection is tried again, with the same prediction id (so a
+    #: prediction that did start is reattached), before the task fails unreachable.
+    reconnect_seconds: float = Field(30.0, ge=0, le=3600)
     #: How often the server's health is checked while a prediction runs.
     health_interval_seconds: float = Field(5.0, gt=0, le=600)
 
@@ -326,10 +329,18 @@ class CogGenerator:
     def _start(
         self, pid: str, body: dict[str, Any], deadline: float, should_stop: Callable[[], bool]
     ) -> dict[str, Any]:
-        """PUT the prediction; while every slot is busy, try again each second."""
+        """PUT the prediction; while every slot is busy, or the connection is
+        lost (`reconnect_seconds`), try again each second with the same id."""
         headers = {"Prefer": "respond-async"}
+        lost = _Outage(self.settings.reconnect_seconds)
         while True:
-            answer = self._call("PUT", f"/predictions/{pid}", json=body, headers=headers)
+            try:
+                answer = self._call("PUT", f"/predictions/{pid}", json=body, headers=headers)
+            except GenerationError:
+                if should_stop() or time.monotonic() >= deadline or lost.over():
+                    raise
+                time.sleep(1.0)
+                continue
             if answer.status_code == 409:  # "at capacity": another prediction holds the slots
                 if should_stop():
                     raise GenerationCancelled("stopped while the model server was busy")
@@ -363,6 +374,7 @@ class CogGenerator:
         """Updates until the prediction ends; returns the finished prediction."""
         done = 0.0
         next_health = time.monotonic() + self.settings.health_interval_seconds
+        lost = _Outage(self.settings.reconnect_seconds)
         while True:
             fraction = progress_of(str(state.get("logs") or ""))
             if fraction is not None and fraction > done:
@@ -378,8 +390,15 @@ class CogGenerator:
                 raise _timeout(f"the prediction ran past {self.settings.timeout_seconds:g} s")
             if time.monotonic() >= next_health:
                 next_health = time.monotonic() + self.settings.health_interval_seconds
-                if self._setup_started_at() != started_at:
-                    raise _unreachable("the model server restarted and lost the prediction")
+                try:
+                    restarted = self._setup_started_at() != started_at
+                except GenerationError:
+                    if lost.over():  # its updates may still arrive: wait out the window
+                        raise
+                else:
+                    lost.ended()
+                    if restarted:
+                        raise _unreachable("the model server restarted and lost the prediction")
             with contextlib.suppress(queue.Empty):
                 state = inbox.get(timeout=0.2)
 
@@ -453,6 +472,24 @@ class CogGenerator:
 
 
 # --- helpers ----------------------------------------------------------------------
+
+
+class _Outage:
+    """A lost connection, tolerated for `seconds` from its first failure."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.since: float | None = None
+
+    def over(self) -> bool:
+        """Note one more failure; True once they have lasted past the window."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        return now - self.since >= self.seconds
+
+    def ended(self) -> None:
+        self.since = None
 
 
 def _json(answer: httpx.Response) -> dict[str, Any]:
