@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.config import Settings
+from app.config import Settings, schedule_of
 from app.db import migrate
 from app.db.engine import Database, open_database
 from app.events.types import RecordedEvent
 from app.projections import rebuild
 from app.service import GeneratorNames, Policy, VideoService
 from app.service.queries import VideoQueries
+from app.service.webhook_urls import parse_networks
+from app.service.webhooks import WebhookPolicy, WebhookService
 from app.video_files import VideoFiles
 from app.worker.generators import catalog
 from app.worker.generators.catalog import Catalog
@@ -30,6 +32,15 @@ def policy_of(settings: Settings, generators: Catalog | None = None) -> Policy:
         backoff_base_seconds=settings.backoff_base_seconds,
         backoff_cap_seconds=settings.backoff_cap_seconds,
         generators=GeneratorNames(offered.names, offered.default),
+    )
+
+
+def webhook_policy_of(settings: Settings) -> WebhookPolicy:
+    return WebhookPolicy(
+        schedule=schedule_of(settings.webhook_retry_schedule),
+        timeout_seconds=settings.webhook_timeout_seconds,
+        disable_after_seconds=settings.webhook_disable_after_seconds,
+        allowed_networks=parse_networks(settings.webhook_allowed_networks),
     )
 
 
@@ -71,6 +82,7 @@ class Services:
     queries: VideoQueries
     #: The generators file's generators (or the built-in one).
     generators: Catalog
+    webhooks: WebhookService
     #: Called with the events of every command once it has committed.
     listeners: list[Callable[[list[RecordedEvent]], None]] = field(default_factory=list)
 
@@ -96,4 +108,5 @@ def build(settings: Settings, *, db: Database | None = None) -> Services:
         on_append=on_append,
         files=VideoFiles(settings.videos_dir),
     )
-    return Services(database, videos, VideoQueries(database), generators, listeners)
+    webhooks = WebhookService(database, webhook_policy_of(settings))
+    return Services(database, videos, VideoQueries(database), generators, webhooks, listeners)

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.errors import ConfigError
+from app.service.webhook_urls import parse_networks
 
 
 class Settings(BaseSettings):
@@ -37,14 +38,44 @@ class Settings(BaseSettings):
     task_timeout_seconds: float = Field(600.0, gt=0, le=86_400)
     #: How often the reaper looks for expired leases.
     reap_interval_seconds: float = Field(5.0, gt=0, le=3600)
+    #: Webhooks: a receiver's time to answer; the waits between attempts (seconds,
+    #: the first before the first attempt); how long an endpoint may fail with
+    #: nothing delivered before it is disabled; CIDRs allowed despite being private.
+    webhook_timeout_seconds: float = Field(15.0, gt=0, le=300)
+    webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000,36000"
+    webhook_disable_after_seconds: float = Field(5 * 86400, gt=0)
+    webhook_allowed_networks: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        schedule_of(value)
+        return value
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
 
     @field_validator("database_url", "read_replica_url")
     @classmethod
     def _known_database(cls, value: str | None) -> str | None:
         return normalize_database_url(value) if value is not None else None
+
+
+def schedule_of(text: str) -> tuple[float, ...]:
+    """`0,5,300`: the waits before each attempt. Raises ValueError."""
+    try:
+        waits = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("must be comma-separated seconds, e.g. 0,5,300") from None
+    if not waits or any(w < 0 or w != w for w in waits):
+        raise ValueError("must be comma-separated seconds, each 0 or more")
+    return waits
 
 
 def normalize_database_url(value: str) -> str:

@@ -18,11 +18,13 @@ from app.api import errors
 from app.api.deps import AuthGate
 from app.api.metrics import HttpMetrics, Metrics, StateCollector
 from app.api.middleware import BodyLimit, RequestId
-from app.api.routes import admin, events, generators, me, stream, videos, worker
+from app.api.routes import admin, events, generators, me, stream, videos, webhooks, worker
+from app.api.views import event_body
 from app.config import Settings
 from app.db.engine import Database
 from app.feed import FeedSignal
 from app.ui import mount as mount_ui
+from app.webhooks.dispatcher import Dispatcher
 from app.worker.backend import LocalBackend
 from app.worker.loop import run_reaper as reaper_loop
 from app.worker.runtime import WakeOnPending, start_embedded
@@ -55,12 +57,14 @@ def create_app(
     run_worker: bool = False,
     run_reaper: bool = False,
     worker_generators: list[str] | None = None,
+    run_dispatcher: bool = False,
 ) -> FastAPI:
     """Build the app. `host` is where it will listen: open mode only on loopback.
 
     `run_worker` runs the worker loop in-process (the embedded default);
     `run_reaper` alone runs just the expired-lease reaper. The embedded
     worker runs `worker_generators`, or every configured generator.
+    `run_dispatcher` posts webhooks (every `serve` process does).
     """
     services = bootstrap.build(settings, db=db)
     embedded_generators = services.generators.select(worker_generators) if run_worker else {}
@@ -69,7 +73,13 @@ def create_app(
     wake = WakeOnPending()
     feed_signal = FeedSignal()
     metrics = Metrics(CollectorRegistry())
-    services.listeners += [wake, lambda _: feed_signal.notify(), metrics.on_append]
+    dispatch_wake = threading.Event()
+    services.listeners += [
+        wake,
+        lambda _: feed_signal.notify(),
+        metrics.on_append,
+        lambda _: dispatch_wake.set(),
+    ]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -79,9 +89,24 @@ def create_app(
                 "'anonymous' with role admin. Create a key with 'vidledger keys create'."
             )
         stop = threading.Event()
+
         # Appends by other processes reach live feed readers through
         # LISTEN/NOTIFY (PostgreSQL only; on SQLite they wait for the idle poll).
-        database.backend.start_listener(settings.database_url, lambda _: feed_signal.notify(), stop)
+        def on_notify(_: str) -> None:
+            feed_signal.notify()
+            dispatch_wake.set()
+
+        database.backend.start_listener(settings.database_url, on_notify, stop)
+        dispatcher = None
+        if run_dispatcher:
+            dispatcher = Dispatcher(
+                services.webhooks,
+                event_body,
+                wake=dispatch_wake,
+                stop=stop,
+                on_outcome=metrics.on_delivery,
+            )
+            threading.Thread(target=dispatcher.run, name="webhooks", daemon=True).start()
         embedded = None
         if run_worker:
             embedded = start_embedded(
@@ -100,6 +125,7 @@ def create_app(
             ).start()
         yield
         stop.set()
+        dispatch_wake.set()
         feed_signal.close()
         if embedded is not None:
             await run_in_threadpool(embedded.stop)
@@ -119,17 +145,22 @@ def create_app(
     app.state.files = service.files
     app.state.queries = services.queries
     app.state.generators = services.generators
+    app.state.webhooks = services.webhooks
     app.state.auth = AuthGate(database, loopback=is_loopback(host))
     app.state.metrics_registry = metrics.registry
     worker_load: list[Callable[[], tuple[int, int]] | None] = [None]
     metrics.registry.register(
-        StateCollector(app.state.queries, lambda: worker_load[0]() if worker_load[0] else (0, 0))
+        StateCollector(
+            app.state.queries,
+            lambda: worker_load[0]() if worker_load[0] else (0, 0),
+            services.webhooks,
+        )
     )
     app.state.feed_signal = feed_signal
     app.state.feed_ping_seconds = 15.0  # SSE keep-alive comments; tests shorten it
 
     errors.install(app)
-    for module in (videos, generators, events, stream, worker, admin, me):
+    for module in (videos, generators, events, stream, worker, admin, webhooks, me):
         app.include_router(module.router)
     mount_ui(app)
     if settings.cors_origins:  # none unless configured: browsers may not call cross-site

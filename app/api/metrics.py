@@ -22,6 +22,7 @@ from app.events.types import RecordedEvent
 from app.lifecycle import EventType, Status
 from app.service import utcnow
 from app.service.queries import VideoQueries
+from app.service.webhooks import Claimed, Outcome, WebhookService
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ class Metrics:
             "HTTP request latency by route template and method",
             ["route", "method"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.deliveries = Counter(
+            "vidledger_webhook_deliveries_total",
+            "Webhook delivery attempts by endpoint and outcome (2xx, 4xx, 5xx, error)",
+            ["endpoint", "outcome"],
             registry=registry,
         )
         self.appended = Counter(
@@ -69,6 +76,11 @@ class Metrics:
             registry=registry,
         )
 
+    def on_delivery(self, claimed: Claimed, outcome: Outcome) -> None:
+        code = outcome.status_code
+        kind = f"{code // 100}xx" if code is not None else "error"
+        self.deliveries.labels(claimed.endpoint_id, kind).inc()
+
     def on_append(self, recorded: list[RecordedEvent]) -> None:
         for ev in recorded:
             self.appended.labels(ev.event_type.value).inc()
@@ -87,9 +99,15 @@ class Metrics:
 class StateCollector(Collector):
     """Gauges read at scrape time: queue, oldest pending, projection, worker."""
 
-    def __init__(self, queries: VideoQueries, worker_load: Callable[[], tuple[int, int]] | None):
+    def __init__(
+        self,
+        queries: VideoQueries,
+        worker_load: Callable[[], tuple[int, int]] | None,
+        webhooks: WebhookService | None = None,
+    ):
         self.queries = queries
         self.worker_load = worker_load
+        self.webhooks = webhooks
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("vidledger_database_up", "1 when the database answered the scrape")
@@ -97,6 +115,7 @@ class StateCollector(Collector):
             stats = self.queries.stats(utcnow())
             projections = self.queries.projections()
             hidden, lag = self.queries.feed_lag(utcnow())
+            pending = self.webhooks.pending() if self.webhooks is not None else []
         except AppError as exc:
             log.warning("metrics: %s", exc.detail)
             up.add_metric([], 0)
@@ -160,6 +179,19 @@ class StateCollector(Collector):
             "Age of the oldest event the feed holds back (0 when none)",
             value=lag,
         )
+        waiting = GaugeMetricFamily(
+            "vidledger_webhook_pending", "Pending webhook deliveries", labels=["endpoint"]
+        )
+        oldest = GaugeMetricFamily(
+            "vidledger_webhook_oldest_pending_age_seconds",
+            "Age of the endpoint's oldest pending delivery",
+            labels=["endpoint"],
+        )
+        for endpoint_id, count, age in pending:
+            waiting.add_metric([endpoint_id], count)
+            oldest.add_metric([endpoint_id], age)
+        yield waiting
+        yield oldest
         rows = GaugeMetricFamily("vidledger_projection_rows", "Rows", labels=["projection"])
         last = GaugeMetricFamily(
             "vidledger_projection_last_position", "Last log position applied", labels=["projection"]

@@ -286,3 +286,90 @@ class FieldError(BaseModel):
 
 class ValidationProblem(Problem):
     errors: list[FieldError]
+
+
+# --- webhooks ----------------------------------------------------------------------------
+
+
+def _printable(value: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+WebhookUrl = Annotated[StrictStr, Field(min_length=8, max_length=2000), AfterValidator(_printable)]
+Description = Annotated[StrictStr, Field(max_length=500), AfterValidator(_printable)]
+EventTypes = Annotated[list[StrictStr], Field(max_length=20)]
+SourceTypes = Annotated[list[SourceType], Field(max_length=50)]
+
+
+class EndpointIn(_In):
+    url: WebhookUrl
+    description: Description | None = None
+    event_types: EventTypes | None = Field(None, description="default: every event type")
+    source_types: SourceTypes | None = Field(None, description="default: every source type")
+
+
+class EndpointPatch(_In):
+    url: WebhookUrl | None = None
+    description: Description | None = None
+    event_types: EventTypes | None = None
+    source_types: SourceTypes | None = None
+    state: Literal["enabled", "disabled"] | None = None
+
+
+class EndpointOut(BaseModel):
+    id: str
+    url: str
+    description: str | None
+    event_types: list[str] | None
+    source_types: list[str] | None
+    state: Literal["enabled", "disabled"]
+    disabled_reason: str | None
+    created_at: str
+    updated_at: str
+
+
+class EndpointCreated(EndpointOut):
+    secret: str = Field(description="whsec_…: shown only here and at rotation")
+
+
+class EndpointPage(BaseModel):
+    items: list[EndpointOut]
+    next_cursor: str | None
+
+
+class SecretOut(BaseModel):
+    secret: str
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    endpoint_id: str
+    event_id: str = Field(description="the webhook-id header: the event's id")
+    event_type: str
+    img_name: str | None
+    status: Literal["pending", "succeeded", "failed"]
+    attempts: int
+    next_attempt_at: str | None
+    last_status_code: int | None
+    last_error: str | None
+    last_latency_ms: float | None
+    last_response: str | None = Field(description="at most 256 bytes of the last answer")
+    created_at: str
+    delivered_at: str | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None
+
+
+class ReplayIn(_In):
+    status: Literal["failed"] | None = None
+    since: datetime | None = None
+    after: Annotated[StrictStr, Field(max_length=100), AfterValidator(_printable)] | None = None
+
+
+class Replayed(BaseModel):
+    replayed: int

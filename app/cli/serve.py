@@ -42,7 +42,12 @@ def serve(
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         log.info("in-process worker on; put images in %s", settings.images_dir.resolve())
     app = create_app(
-        settings, host=bind, run_worker=worker, run_reaper=True, worker_generators=generator
+        settings,
+        host=bind,
+        run_worker=worker,
+        run_reaper=True,
+        worker_generators=generator,
+        run_dispatcher=True,
     )
     uvicorn.run(app, host=bind, port=port or settings.port, log_config=None)
 

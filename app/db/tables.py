@@ -191,3 +191,55 @@ idempotency_keys = Table(
     PrimaryKeyConstraint("img_name", "key"),
     Index(None, "created_at"),
 )
+
+#: Webhook endpoints (admin): where events are posted, what of them, and the
+#: secrets that sign them. `feed_cursor` is how far its fan-out has read the log.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("url", Text, nullable=False),
+    Column("description", Text),
+    Column("event_types", JsonType),
+    Column("source_types", JsonType),
+    Column("state", String(16), nullable=False),
+    Column("disabled_reason", Text),
+    Column("secret", String(100), nullable=False),
+    Column("previous_secret", String(100)),
+    Column("previous_secret_until", UTCDateTime),
+    Column("feed_cursor", String(100)),
+    Column("last_delivered_at", UTCDateTime),
+    Column("failing_since", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+#: One event (or test message) for one endpoint, with the exact body it is
+#: sent with, its attempts so far and, while a dispatcher holds it, a lease.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("endpoint_id", String(40), nullable=False),
+    Column("message_id", String(64), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("img_name", IMG_NAME),
+    Column("event_cursor", String(100)),
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime),
+    Column("lease_token", String(64)),
+    Column("lease_until", UTCDateTime),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("last_latency_ms", Float),
+    Column("last_response", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("delivered_at", UTCDateTime),
+    UniqueConstraint("endpoint_id", "message_id"),
+    # What is due, and what an image's next delivery waits behind.
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "endpoint_id", "img_name", "status", "id"),
+    Index(None, "endpoint_id", "status", "id"),
+)

@@ -1,0 +1,481 @@
+"""Webhooks: endpoints (admin commands), and the two halves of delivery.
+
+- Fan-out follows the log: each enabled endpoint reads the feed after its
+  own cursor and turns each event it wants into one delivery, with the body
+  it will always be sent with. The feed skips nothing, so neither does this.
+- Dispatch leases due deliveries, and records each attempt's outcome: done
+  on a 2xx only, else retried on the schedule, then `failed` (kept, and
+  replayable). A 410 disables the endpoint, and so do failures without a
+  success for `disable_after_seconds`.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from app.db import webhooks as store
+from app.db.engine import Database
+from app.db.tables import webhook_deliveries
+from app.errors import NotFound, ValidationFailed
+from app.events import store as log
+from app.events.types import Json
+from app.lifecycle import EventType
+from app.service.base import utcnow
+from app.service.results import FeedEvent, Page
+from app.service.webhook_urls import Network, RefusedUrl, check
+
+#: How long a rotated-out secret keeps signing beside the new one.
+ROTATION_OVERLAP = timedelta(hours=24)
+TEST_EVENT = "webhook.test"
+EVENT_TYPES = {t.value for t in EventType}
+FAN_OUT_PAGE = 500
+#: At most this much of a receiver's answer is kept.
+RESPONSE_KEPT = 256
+
+
+@dataclass(frozen=True)
+class WebhookPolicy:
+    schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    timeout_seconds: float = 15.0
+    disable_after_seconds: float = 5 * 86400
+    allowed_networks: tuple[Network, ...] = ()
+    #: Jitter: each wait is scaled by a random factor in [1 - j, 1 + j].
+    jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    url: str
+    description: str | None
+    event_types: list[str] | None
+    source_types: list[str] | None
+    state: str
+    disabled_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    endpoint_id: str
+    message_id: str
+    event_type: str
+    img_name: str | None
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    last_latency_ms: float | None
+    last_response: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A leased delivery, with what it takes to send it."""
+
+    id: int
+    endpoint_id: str
+    message_id: str
+    body: str
+    attempts: int
+    url: str
+    secrets: list[str]
+    token: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt to send came to."""
+
+    status_code: int | None
+    latency_ms: float
+    error: str | None = None
+    response: str | None = None
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _endpoint(row: Any) -> Endpoint:
+    return Endpoint(
+        id=row.id,
+        url=row.url,
+        description=row.description,
+        event_types=row.event_types,
+        source_types=row.source_types,
+        state=row.state,
+        disabled_reason=row.disabled_reason,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(
+        **{name: getattr(row, name) for name in Delivery.__dataclass_fields__},
+    )
+
+
+def new_secret() -> str:
+    """`whsec_` and 24 random bytes in base64: the Standard Webhooks secret format."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+@dataclass
+class WebhookService:
+    db: Database
+    policy: WebhookPolicy = field(default_factory=WebhookPolicy)
+    clock: Callable[[], datetime] = utcnow
+    rng: random.Random = field(default_factory=random.Random)
+
+    # --- endpoints (admin) ------------------------------------------------------------
+
+    def _checked_url(self, url: str) -> str:
+        try:
+            check(url, self.policy.allowed_networks)
+        except RefusedUrl as exc:
+            message = f"refused url: {exc}"
+            errors = [{"loc": ["body", "url"], "msg": message}]
+            raise ValidationFailed(message, errors=errors) from None
+        return url
+
+    @staticmethod
+    def _checked_types(types: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(types or []) - EVENT_TYPES)
+        if unknown:
+            message = f"unknown event type {unknown[0]!r}; known: {', '.join(sorted(EVENT_TYPES))}"
+            raise ValidationFailed(
+                message, errors=[{"loc": ["body", "event_types"], "msg": message}]
+            )
+        return types or None
+
+    def create(
+        self,
+        url: str,
+        *,
+        description: str | None = None,
+        event_types: list[str] | None = None,
+        source_types: list[str] | None = None,
+    ) -> tuple[Endpoint, str]:
+        """A new endpoint, following the log from now on, and its secret."""
+        now = self.clock()
+        secret = new_secret()
+        endpoint_id = "ep_" + secrets.token_hex(8)
+        values: dict[str, Any] = {
+            "id": endpoint_id,
+            "url": self._checked_url(url),
+            "description": description,
+            "event_types": self._checked_types(event_types),
+            "source_types": source_types or None,
+            "state": store.ENABLED,
+            "secret": secret,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self.db.write() as conn:
+            # From here on: the newest visible event's cursor, or the start of an empty log.
+            values["feed_cursor"] = log.read_tail(conn, limit=1).cursor
+            store.add_endpoint(conn, values)
+            row = store.endpoint(conn, endpoint_id)
+        return _endpoint(row), secret
+
+    def get(self, endpoint_id: str) -> Endpoint:
+        with self.db.read() as conn:
+            row = store.endpoint(conn, endpoint_id)
+        if row is None:
+            raise NotFound(f"no webhook endpoint {endpoint_id!r}")
+        return _endpoint(row)
+
+    def list_endpoints(self, cursor: str | None, limit: int) -> Page[Endpoint]:
+        with self.db.read() as conn:
+            rows = store.list_endpoints(conn, cursor, limit + 1)
+        items = [_endpoint(r) for r in rows[:limit]]
+        return Page(items, items[-1].id if len(rows) > limit else None)
+
+    def update(self, endpoint_id: str, changes: dict[str, Any]) -> Endpoint:
+        """Change url, description, filters or state (`enabled`, `disabled`)."""
+        values: dict[str, Any] = {"updated_at": self.clock()}
+        if "url" in changes:
+            values["url"] = self._checked_url(changes["url"])
+        if "description" in changes:
+            values["description"] = changes["description"]
+        if "event_types" in changes:
+            values["event_types"] = self._checked_types(changes["event_types"])
+        if "source_types" in changes:
+            values["source_types"] = changes["source_types"] or None
+        if "state" in changes:
+            values["state"] = changes["state"]
+            disabled = changes["state"] == store.DISABLED
+            values["disabled_reason"] = "disabled by an admin" if disabled else None
+            values["failing_since"] = None
+        with self.db.write() as conn:
+            if store.endpoint(conn, endpoint_id, lock=True) is None:
+                raise NotFound(f"no webhook endpoint {endpoint_id!r}")
+            store.change_endpoint(conn, endpoint_id, values)
+            row = store.endpoint(conn, endpoint_id)
+        return _endpoint(row)
+
+    def delete(self, endpoint_id: str) -> None:
+        with self.db.write() as conn:
+            if not store.remove_endpoint(conn, endpoint_id):
+                raise NotFound(f"no webhook endpoint {endpoint_id!r}")
+
+    def rotate_secret(self, endpoint_id: str) -> str:
+        """A new secret; the old one keeps signing beside it for 24 hours."""
+        now, secret = self.clock(), new_secret()
+        with self.db.write() as conn:
+            row = store.endpoint(conn, endpoint_id, lock=True)
+            if row is None:
+                raise NotFound(f"no webhook endpoint {endpoint_id!r}")
+            store.change_endpoint(
+                conn,
+                endpoint_id,
+                {
+                    "secret": secret,
+                    "previous_secret": row.secret,
+                    "previous_secret_until": now + ROTATION_OVERLAP,
+                    "updated_at": now,
+                },
+            )
+        return secret
+
+    def send_test(self, endpoint_id: str) -> None:
+        """Queue a `webhook.test` message for the endpoint."""
+        now = self.clock()
+        message_id = "msg_test_" + secrets.token_hex(12)
+        data = {"endpoint_id": endpoint_id}
+        body = {"type": TEST_EVENT, "timestamp": now.isoformat(), "data": data}
+        with self.db.write() as conn:
+            if store.endpoint(conn, endpoint_id) is None:
+                raise NotFound(f"no webhook endpoint {endpoint_id!r}")
+            store.add_deliveries(
+                conn,
+                self.db.backend,
+                [self._delivery_row(endpoint_id, message_id, TEST_EVENT, None, None, body, now)],
+            )
+
+    # --- the delivery log -------------------------------------------------------------
+
+    def deliveries(
+        self, endpoint_id: str, status: str | None, cursor: str | None, limit: int
+    ) -> Page[Delivery]:
+        after = int(cursor) if cursor is not None and cursor.isdigit() else None
+        if cursor is not None and after is None:
+            raise ValidationFailed("cursor: not a cursor this endpoint gave")
+        with self.db.read() as conn:
+            if store.endpoint(conn, endpoint_id) is None:
+                raise NotFound(f"no webhook endpoint {endpoint_id!r}")
+            rows = store.list_deliveries(conn, endpoint_id, status, after, limit + 1)
+        items = [_delivery(r) for r in rows[:limit]]
+        return Page(items, str(items[-1].id) if len(rows) > limit else None)
+
+    def replay_delivery(self, delivery_id: int) -> Delivery:
+        with self.db.write() as conn:
+            if store.delivery(conn, delivery_id) is None:
+                raise NotFound(f"no webhook delivery {delivery_id}")
+            store.replay(conn, webhook_deliveries.c.id == delivery_id, self.clock())
+            row = store.delivery(conn, delivery_id)
+        return _delivery(row)
+
+    def replay(
+        self,
+        endpoint_id: str,
+        *,
+        status: str | None = None,
+        since: datetime | None = None,
+        after: str | None = None,
+    ) -> int:
+        """Send again an endpoint's failed deliveries (`status`), those created
+        since a time, or those of events after a feed cursor."""
+        d = webhook_deliveries.c
+        where = d.endpoint_id == endpoint_id
+        if status is not None:
+            where = where & (d.status == status)
+        if since is not None:
+            where = where & (d.created_at >= since)
+        with self.db.read() as conn:
+            if store.endpoint(conn, endpoint_id) is None:
+                raise NotFound(f"no webhook endpoint {endpoint_id!r}")
+        if after is None:
+            with self.db.write() as conn:
+                return store.replay(conn, where, self.clock())
+        # The events after the cursor, in feed order, a page at a time.
+        replayed = 0
+        cursor: str | None = after
+        while True:
+            with self.db.read() as conn:
+                try:
+                    page = log.read_all(conn, after=cursor, limit=1000)
+                except ValueError as exc:
+                    message = "after: not a cursor of this log"
+                    raise ValidationFailed(
+                        message, errors=[{"loc": ["body", "after"], "msg": message}]
+                    ) from exc
+            if not page.events:
+                return replayed
+            ids = [str(e.event_id) for e in page.events]
+            with self.db.write() as conn:
+                replayed += store.replay(conn, where & d.message_id.in_(ids), self.clock())
+            cursor = page.cursor
+
+    # --- fan-out ------------------------------------------------------------------------
+
+    def _delivery_row(
+        self,
+        endpoint_id: str,
+        message_id: str,
+        event_type: str,
+        img_name: str | None,
+        cursor: str | None,
+        body: Json,
+        now: datetime,
+    ) -> dict[str, Any]:
+        return {
+            "endpoint_id": endpoint_id,
+            "message_id": message_id,
+            "event_type": event_type,
+            "img_name": img_name,
+            "event_cursor": cursor,
+            "body": orjson.dumps(body).decode(),
+            "status": store.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+
+    def fan_out(self, render: Callable[[FeedEvent], Json]) -> int:
+        """Turn the events each enabled endpoint has not seen yet into its
+        deliveries; returns how many were made. `render` is the Event as
+        `/v1/events` shows it."""
+        made = 0
+        with self.db.write() as conn:
+            backend = self.db.backend
+            now = self.clock()
+            for ep in store.endpoints_to_follow(conn, backend):
+                page = log.read_all(conn, after=ep.feed_cursor, limit=FAN_OUT_PAGE)
+                if not page.events:
+                    continue
+                rows = []
+                names = sorted({e.img_name for e in page.events}) if ep.source_types else []
+                sources = store.source_types_of(conn, names)
+                for event in page.events:
+                    if ep.event_types and event.event_type.value not in ep.event_types:
+                        continue
+                    if ep.source_types and sources.get(event.img_name) not in ep.source_types:
+                        continue
+                    item = FeedEvent(event, log.cursor_of(conn, event))
+                    body = {
+                        "type": event.event_type.value,
+                        "timestamp": item.event.recorded_at.isoformat(),
+                        "data": render(item),
+                    }
+                    rows.append(
+                        self._delivery_row(
+                            ep.id,
+                            str(event.event_id),
+                            event.event_type.value,
+                            event.img_name,
+                            item.cursor,
+                            body,
+                            now,
+                        )
+                    )
+                store.add_deliveries(conn, backend, rows)
+                store.change_endpoint(conn, ep.id, {"feed_cursor": page.cursor})
+                made += len(rows)
+        return made
+
+    # --- dispatch -----------------------------------------------------------------------
+
+    def claim(self, limit: int, token: str) -> list[Claimed]:
+        now = self.clock()
+        lease_until = now + timedelta(seconds=self.policy.timeout_seconds * 2 + 5)
+        with self.db.write() as conn:
+            rows = store.claim_due(conn, self.db.backend, now, limit, token, lease_until)
+        claimed = []
+        for r in rows:
+            keys = [r.secret]
+            if r.previous_secret and r.previous_secret_until and r.previous_secret_until > now:
+                keys.append(r.previous_secret)
+            claimed.append(
+                Claimed(r.id, r.endpoint_id, r.message_id, r.body, r.attempts, r.url, keys, token)
+            )
+        return claimed
+
+    def _wait(self, attempt: int) -> float | None:
+        """Seconds before attempt `attempt + 1`, or None once the schedule is used up."""
+        schedule = self.policy.schedule
+        if attempt >= len(schedule):
+            return None
+        j = self.policy.jitter
+        return schedule[attempt] * self.rng.uniform(1 - j, 1 + j)
+
+    def record(self, claimed: Claimed, outcome: Outcome) -> None:
+        now = self.clock()
+        attempts = claimed.attempts + 1
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_status_code": outcome.status_code,
+            "last_error": outcome.error,
+            "last_latency_ms": round(outcome.latency_ms, 3),
+            "last_response": (outcome.response or "")[:RESPONSE_KEPT] or None,
+        }
+        endpoint_values: dict[str, Any] = {}
+        if outcome.ok:
+            values.update(status=store.SUCCEEDED, delivered_at=now, next_attempt_at=None)
+            endpoint_values = {"last_delivered_at": now, "failing_since": None}
+        elif outcome.status_code == 410:
+            values.update(status=store.FAILED, next_attempt_at=None)
+            endpoint_values = {
+                "state": store.DISABLED,
+                "disabled_reason": "the receiver answered 410 Gone",
+                "updated_at": now,
+            }
+        else:
+            wait = self._wait(attempts)
+            if wait is not None and outcome.retry_after is not None:
+                wait = max(wait, outcome.retry_after)
+            if wait is None:
+                values.update(status=store.FAILED, next_attempt_at=None)
+            else:
+                values["next_attempt_at"] = now + timedelta(seconds=wait)
+        with self.db.write() as conn:
+            if not store.record(conn, claimed.id, claimed.token, values):
+                return  # the lease ran out and another dispatcher has it now
+            ep = store.endpoint(conn, claimed.endpoint_id, lock=True)
+            if ep is None:
+                return
+            if not outcome.ok and outcome.status_code != 410:
+                since = ep.failing_since or now
+                endpoint_values["failing_since"] = since
+                quiet_since = max(since, ep.last_delivered_at or since)
+                if (now - quiet_since).total_seconds() >= self.policy.disable_after_seconds:
+                    endpoint_values.update(
+                        state=store.DISABLED,
+                        disabled_reason="nothing delivered while deliveries kept failing",
+                        updated_at=now,
+                    )
+            if endpoint_values:
+                store.change_endpoint(conn, claimed.endpoint_id, endpoint_values)
+
+    def pending(self) -> list[tuple[str, int, float]]:
+        """Per endpoint: pending deliveries and the age in seconds of the oldest."""
+        now = self.clock()
+        with self.db.read() as conn:
+            rows = store.pending_counts(conn, now)
+        return [(ep, int(n), (now - oldest).total_seconds()) for ep, n, oldest in rows]

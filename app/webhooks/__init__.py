@@ -1,0 +1,1 @@
+"""The webhook dispatcher: fan the log out to endpoints and post each delivery, signed."""
