@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import typer
 
-from app.cli import admin, events, generators, projections, reading, serve  # noqa: F401  # registers the commands
+from app.cli import admin, events, generators, projections, reading, serve, webhooks  # noqa: F401  # registers the commands
 from app.cli.base import cli, enter, err, leave
 from app.config import load_settings
 from app.errors import AppError, ConfigError

@@ -16,7 +16,7 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -304,6 +304,8 @@ class WebhookService:
         since a time, or those of events after a feed cursor."""
         d = webhook_deliveries.c
         where = d.endpoint_id == endpoint_id
+        if since is not None and since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)  # a time without a zone is UTC
         if status is not None:
             where = where & (d.status == status)
         if since is not None:

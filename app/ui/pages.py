@@ -40,6 +40,7 @@ NAV = [
     ("overview", "/ui", "Overview"),
     ("videos", "/ui/videos", "Videos"),
     ("projections", "/ui/projections", "Projections"),
+    ("webhooks", "/ui/webhooks", "Webhooks"),
 ]
 
 
@@ -72,6 +73,11 @@ def image(request: Request, img_name: str) -> Response:
 @router.get("/projections")
 def projections(request: Request) -> Response:
     return _page(request, "projections.html", "projections", "Projections")
+
+
+@router.get("/webhooks")
+def webhooks(request: Request) -> Response:
+    return _page(request, "webhooks.html", "webhooks", "Webhooks")
 
 
 @router.get("/signin")

@@ -29,7 +29,7 @@ def required_permission(method: str, path: str) -> str:
     """The API's auth rules as a table: what each route asks of a key."""
     if path.startswith("/v1/worker/"):
         return "worker"
-    if path.startswith("/v1/admin/"):
+    if path.startswith(("/v1/admin/", "/v1/webhooks/")):
         return "admin"
     if method == "GET" or path == "/v1/videos/status":
         return "read"

@@ -120,6 +120,8 @@ def start_server(sqlite_template: Path, tmp_path: Path) -> Iterator[Callable[...
             videos_dir=folder / "videos",
             backoff_base_seconds=0.01,
             backoff_cap_seconds=0.05,
+            webhook_allowed_networks="127.0.0.0/8",  # the tests' receivers are on loopback
+            webhook_retry_schedule="0",
         )
         db = open_database(settings.database_url, pool_size=2)
         now = datetime.now(UTC)
@@ -128,7 +130,7 @@ def start_server(sqlite_template: Path, tmp_path: Path) -> Iterator[Callable[...
         )
         db.dispose()
         port = _free_port()
-        app = create_app(settings, run_worker=worker)
+        app = create_app(settings, run_worker=worker, run_dispatcher=True)
         app.state.feed_ping_seconds = 1.0
         srv = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")

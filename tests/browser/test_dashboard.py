@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, text
 
 from app.keys import Role
 from tests.browser.conftest import PHONE, Server, screenshot
+from tests.integration.receiver import Receiver
 
 pytestmark = pytest.mark.browser
 
@@ -314,3 +315,31 @@ def test_keyboard_alone_can_cancel_and_escape_backs_out(
     with server.api() as c:
         assert c.get("/v1/videos/keys.png/history").json()["items"][-1]["reason"] == "typed only"
     assert page.js_errors == []
+
+
+def test_webhooks_page_lists_deliveries_and_replays_a_failed_one(
+    start_server: StartServer, open_page: OpenPage
+) -> None:
+    receiver = Receiver(default=500)  # refuses until it is told otherwise
+    receiver.start()
+    try:
+        server = start_server(worker=True)
+        with server.api(Role.ADMIN) as c:
+            endpoint = c.post("/v1/webhooks/endpoints", json={"url": receiver.url}).json()
+        server.request_video("hooked.png", "scene")
+        server.wait_status("hooked.png", "completed")
+        page = open_page(f"{server.url}/ui/webhooks", server.keys[Role.ADMIN])
+        page.locator(f'#endpoints tbody tr[data-endpoint="{endpoint["id"]}"]').wait_for()
+        page.locator('#deliveries tbody tr[data-status="failed"]').first.wait_for()
+        receiver.default = 200
+        page.get_by_role("button", name="Replay failed").click()
+        page.locator("#replay-result", has_text="pending again").wait_for()
+        wait_js(page, "true")
+        deadline = time.monotonic() + 20
+        while len(receiver.received) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(receiver.received) == 3  # requested, processing, completed: all replayed
+        assert page.js_errors == []
+        screenshot(page, "webhooks-desktop")
+    finally:
+        receiver.stop()
