@@ -6,8 +6,15 @@ implementation, not with vidledger's own code.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +26,8 @@ from app.config import Settings
 from app.db.engine import Database
 from tests.integration.processes import wait_for
 from tests.integration.receiver import Receiver
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -184,3 +193,121 @@ def test_a_test_message_is_sent(app: TestClient, receiver: Receiver) -> None:
         receiver.received[0].body, receiver.received[0].headers
     )
     assert got["type"] == "webhook.test"
+
+
+def test_an_endpoint_failing_with_nothing_delivered_is_disabled(
+    settings: Settings, database: Database, receiver: Receiver
+) -> None:
+    settings.webhook_allowed_networks = "127.0.0.0/8"
+    settings.webhook_retry_schedule = ",".join(["0"] + ["0.2"] * 20)
+    settings.webhook_disable_after_seconds = 1.0
+    receiver.default = 500
+    with TestClient(create_app(settings, db=database, run_dispatcher=True)) as client:
+        endpoint = add_endpoint(client, receiver.url)
+        client.post("/v1/videos", json={"img_name": "a.png", "source_type": "scene"})
+        path = f"/v1/webhooks/endpoints/{endpoint['id']}"
+        wait_for(lambda: client.get(path).json()["state"] == "disabled", timeout=20)
+        shown = client.get(path).json()
+        assert shown["disabled_reason"] == "nothing delivered while deliveries kept failing"
+        [delivery] = client.get(f"{path}/deliveries").json()["items"]
+        attempts = delivery["attempts"]
+        time.sleep(1.0)  # a disabled endpoint is sent nothing more
+        assert client.get(f"{path}/deliveries").json()["items"][0]["attempts"] == attempts
+        receiver.default = 200
+        client.patch(path, json={"state": "enabled"})
+        wait_for(lambda: len(receiver.received) == 1, timeout=20, what="sent once enabled")
+
+
+def test_metrics_count_deliveries_and_show_what_is_pending(
+    app: TestClient, receiver: Receiver
+) -> None:
+    endpoint = add_endpoint(app, receiver.url)
+    app.post("/v1/videos", json={"img_name": "a.png", "source_type": "scene"})
+    wait_for(lambda: len(receiver.received) == 1, timeout=20)
+    metrics = app.get("/metrics").text
+    counted = f'vidledger_webhook_deliveries_total{{endpoint="{endpoint["id"]}",outcome="2xx"}} 1.0'
+    assert counted in metrics
+    assert endpoint["secret"] not in metrics
+
+
+def test_the_cli_manages_endpoints_and_lists_deliveries(
+    app: TestClient,
+    receiver: Receiver,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.cli import main
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # main() configures logging: put it back
+    monkeypatch.setattr(root, "handlers", handlers[:])
+    monkeypatch.setattr(root, "level", level)
+    monkeypatch.setenv("VIDLEDGER_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("VIDLEDGER_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")
+    assert main(["webhooks", "add", receiver.url, "--event-type", "VideoRequested", "--json"]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["secret"].startswith("whsec_")
+    assert main(["webhooks", "list", "--json"]) == 0
+    listed = capsys.readouterr().out
+    assert added["id"] in listed and added["secret"] not in listed
+    app.post("/v1/videos", json={"img_name": "a.png", "source_type": "scene"})
+    wait_for(lambda: len(receiver.received) == 1, timeout=20)
+    assert main(["webhooks", "deliveries", added["id"], "--json"]) == 0
+    [delivery] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (delivery["status"], delivery["event_type"]) == ("succeeded", "VideoRequested")
+    assert main(["webhooks", "disable", added["id"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "disabled"
+    assert main(["webhooks", "add", "http://169.254.169.254/latest"]) == 1
+    assert "refused url" in capsys.readouterr().err
+    assert main(["webhooks", "replay", added["id"]]) == 1  # which ones?
+    assert "exactly one of" in capsys.readouterr().err
+
+
+@pytest.fixture
+def private_name(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A network namespace in which `receiver.internal.test` resolves to
+    10.0.0.1, through its own hosts file (`ip netns exec` mounts
+    /etc/netns/<name>/hosts over /etc/hosts). Yields (namespace, host name)."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run this as root, with iproute2")
+        pytest.skip("needs root and iproute2 (ip netns)")
+    name = f"vl{os.getpid()}"
+    folder = Path("/etc/netns") / name
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        folder.mkdir(parents=True)
+        (folder / "hosts").write_text("10.0.0.1 receiver.internal.test\n")
+        yield name, "receiver.internal.test"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_a_name_that_resolves_to_a_private_address_is_refused(
+    private_name: tuple[str, str], sqlite_template: Path, tmp_path: Path
+) -> None:
+    namespace, host = private_name
+    database = tmp_path / "vidledger.db"
+    shutil.copy(sqlite_template, database)
+    env = {**os.environ, "VIDLEDGER_DATABASE_URL": f"sqlite:///{database}"}
+
+    def add(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ip", "netns", "exec", namespace, sys.executable, "-m", "app.cli", "webhooks", "add",
+             f"http://{host}/hooks"],
+            env={**env, **extra},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+
+    refused = add()
+    assert refused.returncode == 1
+    assert f"refused url: {host} is a private address (10.0.0.1)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    allowed = add(VIDLEDGER_WEBHOOK_ALLOWED_NETWORKS="10.0.0.0/8")
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.startswith("whsec_")
