@@ -54,6 +54,7 @@ from tests.integration.processes import (
     problem_code,
     wait_for,
 )
+from tests.integration.receiver import Receiver
 
 #: A client gives up after this long: a hang fails the test instead of stalling it.
 CLIENT_TIMEOUT = 10.0
@@ -575,3 +576,57 @@ def test_a_finished_video_is_recorded_once_a_short_outage_is_over(
         EventType.COMPLETED,
     ]
     assert (videos / stream[-1].data["video_filename"]).stat().st_size > 0
+
+
+# --- 4. webhooks across a database restart ---------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_webhook_delivery_resumes_by_itself_after_a_database_restart(
+    own_cluster: Cluster, tmp_path: Path
+) -> None:
+    url = own_cluster.create_database("vidledger")
+    upgrade_and_build(url)
+    receiver = Receiver()
+    receiver.start()
+    env = cli_env(
+        url,
+        tmp_path / "images",
+        tmp_path / "videos",
+        webhook_allowed_networks="127.0.0.0/8",
+        webhook_retry_schedule="0,0.2,0.5,1,1,1,1,1,1,1",
+        log_level="warning",
+    )
+    procs = Processes(tmp_path, env)
+    try:
+        server = procs.server("serve", worker=False)
+        with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT) as http:
+            assert (
+                http.post("/v1/webhooks/endpoints", json={"url": receiver.url}).status_code == 201
+            )
+
+            def request(name: str) -> None:
+                for _ in range(100):  # the database may be on its way back
+                    answer = http.post(
+                        "/v1/videos", json={"img_name": name, "source_type": "scene"}
+                    )
+                    if answer.status_code == 202:
+                        return
+                    time.sleep(0.2)
+                raise AssertionError(f"{name} was never accepted")
+
+            for i in range(5):
+                request(f"before-{i}.png")
+            wait_for(lambda: len(receiver.received) >= 5, 30, "the first five")
+            own_cluster.ctl("restart")
+            for i in range(5):
+                request(f"after-{i}.png")
+            wait_for(lambda: len({r.headers["webhook-id"] for r in receiver.received}) >= 10, 60)
+            events = http.get("/v1/events", params={"limit": 100}).json()["items"]
+        assert server.alive()
+        got = {r.headers["webhook-id"] for r in receiver.received}
+        assert got == {e["event_id"] for e in events}
+    finally:
+        procs.stop_all()
+        receiver.stop()
