@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from bench import cog_model, generation, http_api, peer, rebuild, scale, writes
+from bench import cog_model, generation, http_api, peer, rebuild, scale, webhooks, writes
 from bench.report import Report
 
 SUITES = {
@@ -13,6 +13,7 @@ SUITES = {
     "rebuild": rebuild.run,
     "generation": generation.run,
     "cog": cog_model.run,
+    "webhooks": webhooks.run,
     "http": http_api.run,
     "scale": scale.run,
     "peer": peer.run,

@@ -104,6 +104,19 @@ class Backend(Protocol):
         """INSERT … ON CONFLICT DO NOTHING, for rows that may already exist."""
         ...
 
+    def update_rows(
+        self,
+        conn: Connection,
+        table: Table,
+        match: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+        where: ColumnElement[bool] | None = None,
+    ) -> None:
+        """UPDATE many rows of `table`, each to its own values: every row names
+        the same columns; those in `match` find the row (with `where`, if
+        given), the others are set. As few round trips as the database allows."""
+        ...
+
     def violated_constraint(self, exc: IntegrityError) -> str | None:
         """The name of the constraint `exc` violated, where the driver says."""
         ...

@@ -9,11 +9,21 @@ do not wait for each other.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, exists, func, insert, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import (
+    Connection,
+    Row,
+    String,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from app.db.backend import Backend
 from app.db.tables import image_status
@@ -49,6 +59,22 @@ def change_endpoint(conn: Connection, endpoint_id: str, values: Mapping[str, Any
     conn.execute(update(endpoints).where(endpoints.c.id == endpoint_id).values(**values))
 
 
+def note_delivered(conn: Connection, endpoint_id: str, now: datetime, every: timedelta) -> None:
+    """Mark a success on the endpoint: no longer failing, delivered at `now`.
+    A no-op (no row lock) when that was noted less than `every` ago."""
+    e = endpoints.c
+    stale = or_(
+        e.failing_since.is_not(None),
+        e.last_delivered_at.is_(None),
+        e.last_delivered_at < now - every,
+    )
+    conn.execute(
+        update(endpoints)
+        .where(e.id == endpoint_id, stale)
+        .values(last_delivered_at=now, failing_since=None)
+    )
+
+
 def remove_endpoint(conn: Connection, endpoint_id: str) -> bool:
     conn.execute(delete(deliveries).where(deliveries.c.endpoint_id == endpoint_id))
     return conn.execute(delete(endpoints).where(endpoints.c.id == endpoint_id)).rowcount > 0
@@ -80,25 +106,45 @@ def claim_due(
     """Lease up to `limit` due deliveries to `token` and return them (with
     their endpoint's url and secrets)."""
     d = deliveries.c
-    earlier = aliased(deliveries)
-    waits = exists().where(
-        earlier.c.endpoint_id == d.endpoint_id,
-        earlier.c.img_name == d.img_name,
-        earlier.c.status == PENDING,
-        earlier.c.id < d.id,
+    # Each image's oldest pending delivery per endpoint (one pass: a window over
+    # what is pending), those of them that are due, oldest first. A correlated
+    # "no earlier one pending" test instead was planned, on a young table
+    # without statistics, as a rescan per row.
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=(d.endpoint_id, func.coalesce(d.img_name, func.cast(d.id, String))),
+            order_by=d.id,
+        )
+        .label("rank")
     )
     enabled = select(endpoints.c.id).where(endpoints.c.state == ENABLED)
-    query = (
-        select(d.id)
-        .where(
-            d.status == PENDING,
-            d.next_attempt_at <= now,
-            or_(d.lease_until.is_(None), d.lease_until < now),
-            d.endpoint_id.in_(enabled),
-            or_(d.img_name.is_(None), ~waits),
+    pending = (
+        select(d.id, d.next_attempt_at, d.lease_until, rank)
+        .where(d.status == PENDING, d.endpoint_id.in_(enabled))
+        .subquery("pending")
+    )
+    p = pending.c
+    due = [
+        row[0]
+        for row in conn.execute(
+            select(p.id)
+            .where(
+                p.rank == 1,
+                p.next_attempt_at <= now,
+                or_(p.lease_until.is_(None), p.lease_until < now),
+            )
+            .order_by(p.next_attempt_at, p.id)
+            .limit(limit)
         )
-        .order_by(d.next_attempt_at, d.id)
-        .limit(limit)
+    ]
+    if not due:
+        return []
+    # Lock them, skipping what another dispatcher holds, and check them again.
+    query = select(d.id).where(
+        d.id.in_(due),
+        d.status == PENDING,
+        or_(d.lease_until.is_(None), d.lease_until < now),
     )
     ids = [r[0] for r in conn.execute(backend.claim_due(query))]
     if not ids:
@@ -130,6 +176,34 @@ def record(conn: Connection, delivery_id: int, token: str, values: Mapping[str, 
         .values(**values, lease_token=None, lease_until=None)
     )
     return done.rowcount > 0
+
+
+def record_successes(conn: Connection, backend: Backend, rows: list[dict[str, Any]]) -> set[str]:
+    """Mark deliveries succeeded, each only if its lease is still the
+    `lease_token` given with it, in one statement. Returns their endpoints."""
+    if not rows:
+        return set()
+    d = deliveries.c
+    done = [
+        {
+            "id": r["id"],
+            "lease_token": r["token"],
+            "status": SUCCEEDED,
+            "attempts": r["attempts"],
+            "last_status_code": r["last_status_code"],
+            "last_error": None,
+            "last_latency_ms": r["last_latency_ms"],
+            "last_response": r["last_response"],
+            "delivered_at": r["delivered_at"],
+            "next_attempt_at": None,
+            "lease_until": None,  # the token stays, matched on: a replay clears it
+        }
+        for r in rows
+    ]
+    backend.update_rows(conn, deliveries, ["id", "lease_token"], done, where=d.status == PENDING)
+    ids = [r["id"] for r in rows]
+    found = conn.execute(select(d.endpoint_id).where(d.id.in_(ids)).distinct())
+    return {row[0] for row in found}
 
 
 def delivery(conn: Connection, delivery_id: int) -> Row[Any] | None:

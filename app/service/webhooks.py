@@ -427,21 +427,38 @@ class WebhookService:
         j = self.policy.jitter
         return schedule[attempt] * self.rng.uniform(1 - j, 1 + j)
 
-    def record(self, claimed: Claimed, outcome: Outcome) -> None:
+    def record(self, results: list[tuple[Claimed, Outcome]]) -> None:
+        """Write the outcomes of attempts, in one transaction. An outcome whose
+        lease has run out (another dispatcher has the delivery now) is dropped."""
         now = self.clock()
-        attempts = claimed.attempts + 1
-        values: dict[str, Any] = {
-            "attempts": attempts,
+        successes: list[dict[str, Any]] = []
+        with self.db.write() as conn:
+            for claimed, outcome in results:
+                values = self._attempt(claimed, outcome)
+                if outcome.ok:
+                    values.update(status=store.SUCCEEDED, delivered_at=now, next_attempt_at=None)
+                    successes.append({**values, "id": claimed.id, "token": claimed.token})
+                else:
+                    self._failed(conn, claimed, outcome, values, now)
+            for endpoint_id in store.record_successes(conn, self.db.backend, successes):
+                # Without a lock, and only once a second: not every success writes it.
+                store.note_delivered(conn, endpoint_id, now, timedelta(seconds=1))
+
+    @staticmethod
+    def _attempt(claimed: Claimed, outcome: Outcome) -> dict[str, Any]:
+        return {
+            "attempts": claimed.attempts + 1,
             "last_status_code": outcome.status_code,
             "last_error": outcome.error,
             "last_latency_ms": round(outcome.latency_ms, 3),
             "last_response": (outcome.response or "")[:RESPONSE_KEPT] or None,
         }
+
+    def _failed(
+        self, conn: Any, claimed: Claimed, outcome: Outcome, values: dict[str, Any], now: datetime
+    ) -> None:
         endpoint_values: dict[str, Any] = {}
-        if outcome.ok:
-            values.update(status=store.SUCCEEDED, delivered_at=now, next_attempt_at=None)
-            endpoint_values = {"last_delivered_at": now, "failing_since": None}
-        elif outcome.status_code == 410:
+        if outcome.status_code == 410:
             values.update(status=store.FAILED, next_attempt_at=None)
             endpoint_values = {
                 "state": store.DISABLED,
@@ -449,31 +466,29 @@ class WebhookService:
                 "updated_at": now,
             }
         else:
-            wait = self._wait(attempts)
+            wait = self._wait(values["attempts"])
             if wait is not None and outcome.retry_after is not None:
                 wait = max(wait, outcome.retry_after)
             if wait is None:
                 values.update(status=store.FAILED, next_attempt_at=None)
             else:
                 values["next_attempt_at"] = now + timedelta(seconds=wait)
-        with self.db.write() as conn:
-            if not store.record(conn, claimed.id, claimed.token, values):
-                return  # the lease ran out and another dispatcher has it now
-            ep = store.endpoint(conn, claimed.endpoint_id, lock=True)
-            if ep is None:
-                return
-            if not outcome.ok and outcome.status_code != 410:
-                since = ep.failing_since or now
-                endpoint_values["failing_since"] = since
-                quiet_since = max(since, ep.last_delivered_at or since)
-                if (now - quiet_since).total_seconds() >= self.policy.disable_after_seconds:
-                    endpoint_values.update(
-                        state=store.DISABLED,
-                        disabled_reason="nothing delivered while deliveries kept failing",
-                        updated_at=now,
-                    )
-            if endpoint_values:
-                store.change_endpoint(conn, claimed.endpoint_id, endpoint_values)
+        if not store.record(conn, claimed.id, claimed.token, values):
+            return  # the lease ran out and another dispatcher has it now
+        ep = store.endpoint(conn, claimed.endpoint_id, lock=True)
+        if ep is None:
+            return
+        if outcome.status_code != 410:
+            since = ep.failing_since or now
+            endpoint_values["failing_since"] = since
+            quiet_since = max(since, ep.last_delivered_at or since)
+            if (now - quiet_since).total_seconds() >= self.policy.disable_after_seconds:
+                endpoint_values.update(
+                    state=store.DISABLED,
+                    disabled_reason="nothing delivered while deliveries kept failing",
+                    updated_at=now,
+                )
+        store.change_endpoint(conn, claimed.endpoint_id, endpoint_values)
 
     def pending(self) -> list[tuple[str, int, float]]:
         """Per endpoint: pending deliveries and the age in seconds of the oldest."""

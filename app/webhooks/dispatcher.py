@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import queue
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
@@ -32,6 +32,10 @@ from app.service.webhooks import Claimed, Outcome, WebhookService
 log = logging.getLogger(__name__)
 
 USER_AGENT = "vidledger-webhooks/1"
+#: A fan-out at most this often when woken (appends come in bursts).
+FAN_OUT_EVERY = 0.005
+#: While deliveries are out, how soon the queue is looked at again.
+BUSY_LOOK_SECONDS = 0.005
 #: Longest wait a receiver's Retry-After is taken at (an hour).
 RETRY_AFTER_MAX = 3600.0
 
@@ -94,51 +98,110 @@ class Dispatcher:
         self.poll_seconds = poll_seconds
         self.on_outcome = on_outcome
         self.token = "disp_" + secrets.token_hex(8)
-        self.http = httpx.Client(timeout=service.policy.timeout_seconds, follow_redirects=False)
-        self._busy = 0
-        self._lock = threading.Lock()
-        self._freed = threading.Event()
+        #: Leased deliveries waiting for a sender; `batch` of them at the most.
+        self.batch = senders * 8
+        self.queue: queue.SimpleQueue[Claimed | None] = queue.SimpleQueue()
+        #: Sends finished and not yet recorded.
+        self.done: queue.SimpleQueue[tuple[Claimed, Outcome]] = queue.SimpleQueue()
+        #: Claimed and not yet recorded.
+        self._open = 0
+        self._open_lock = threading.Lock()
 
     def run(self) -> None:
-        with ThreadPoolExecutor(self.senders, thread_name_prefix="webhook") as pool:
-            while not self.stop.is_set():
-                try:
-                    self.service.fan_out(self.render)
-                    free = self.senders - self._in_flight()
-                    claimed = self.service.claim(free, self.token) if free > 0 else []
-                except AppError as exc:
-                    log.warning("webhooks: %s", exc.detail)
-                    self.stop.wait(1.0)
-                    continue
-                for item in claimed:
-                    with self._lock:
-                        self._busy += 1
-                    pool.submit(self._deliver, item)
-                if claimed and len(claimed) == free:
-                    continue  # more may be due: look again once a sender frees up
-                self.wake.wait(self.poll_seconds)
-                self.wake.clear()
-        self.http.close()
-
-    def _in_flight(self) -> int:
-        with self._lock:
-            return self._busy
-
-    def _deliver(self, claimed: Claimed) -> None:
-        try:
-            outcome = self.send(claimed)
+        """Fan out when woken by an append (or each `poll_seconds`), keep a
+        batch of leased deliveries queued for the senders, until `stop`."""
+        senders = [
+            threading.Thread(target=self._sender, name=f"webhook-{i}", daemon=True)
+            for i in range(self.senders)
+        ]
+        for thread in senders:
+            thread.start()
+        next_fan_out = last_fan_out = 0.0
+        while not self.stop.is_set():
+            woken = self.wake.is_set()
+            self.wake.clear()
             try:
-                self.service.record(claimed, outcome)
-            except AppError as exc:  # the lease runs out; the delivery is sent again
-                log.warning("webhooks: recording a delivery failed: %s", exc.detail)
-            if self.on_outcome is not None:
-                self.on_outcome(claimed, outcome)
-        finally:
-            with self._lock:
-                self._busy -= 1
-            self.wake.set()
+                self._record_done()
+                now = time.monotonic()
+                if now >= next_fan_out or (woken and now - last_fan_out >= FAN_OUT_EVERY):
+                    self.service.fan_out(self.render)
+                    last_fan_out = time.monotonic()
+                    next_fan_out = last_fan_out + self.poll_seconds
+                room = self.batch - self.queue.qsize()
+                claimed = self.service.claim(room, self.token) if room > 0 else []
+            except AppError as exc:
+                log.warning("webhooks: %s", exc.detail)
+                self.stop.wait(1.0)
+                continue
+            except Exception:  # the dispatcher must outlive any one bad turn
+                log.exception("webhooks: the dispatcher's turn failed; going on")
+                self.stop.wait(1.0)
+                continue
+            with self._open_lock:
+                self._open += len(claimed)
+            for item in claimed:
+                self.queue.put(item)
+            # Woken by an append, a finished send (to record, and its image's next
+            # may be due), or the poll.
+            with self._open_lock:
+                busy = self._open > 0
+            self.wake.wait(BUSY_LOOK_SECONDS if busy else self.poll_seconds)
+        self._record_done()
+        for _ in senders:
+            self.queue.put(None)
+        for thread in senders:
+            thread.join(self.service.policy.timeout_seconds + 5)
 
-    def send(self, claimed: Claimed) -> Outcome:
+    def client(self) -> httpx.Client:
+        """An HTTP client for one sender: a pool shared by all would make them
+        queue on its lock."""
+        return httpx.Client(timeout=self.service.policy.timeout_seconds, follow_redirects=False)
+
+    def _sender(self) -> None:
+        with self.client() as http:
+            while self._send_next(http):
+                pass
+
+    def _send_next(self, http: httpx.Client) -> bool:
+        item = self.queue.get()
+        if item is None:
+            return False
+        self._send_one(http, item)
+        return True
+
+    def _send_one(self, http: httpx.Client, item: Claimed) -> None:
+        try:
+            outcome = self.send(item, http)
+        except Exception:  # a sender must outlive one bad delivery; its lease runs out
+            log.exception("webhooks: a delivery failed unexpectedly")
+            with self._open_lock:
+                self._open -= 1
+            return
+        self.done.put((item, outcome))
+        self.wake.set()
+
+    def _record_done(self) -> None:
+        """Record every finished send in one transaction."""
+        results = []
+        while True:
+            try:
+                results.append(self.done.get_nowait())
+            except queue.Empty:
+                break
+        if not results:
+            return
+        try:
+            self.service.record(results)
+        except AppError as exc:  # their leases run out; they are sent again
+            log.warning("webhooks: recording deliveries failed: %s", exc.detail)
+        finally:
+            with self._open_lock:
+                self._open -= len(results)
+        if self.on_outcome is not None:
+            for claimed, outcome in results:
+                self.on_outcome(claimed, outcome)
+
+    def send(self, claimed: Claimed, http: httpx.Client) -> Outcome:
         started = time.perf_counter()
 
         def took() -> float:
@@ -158,7 +221,7 @@ class Dispatcher:
             "webhook-signature": signatures(claimed, at),
         }
         try:
-            answer = self.http.post(
+            answer = http.post(
                 url, content=claimed.body.encode(), headers=headers, extensions=extensions
             )
         except httpx.TimeoutException:

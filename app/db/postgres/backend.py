@@ -21,12 +21,15 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
+    column,
     func,
     select,
     text,
     true,
     tuple_,
     type_coerce,
+    update,
+    values,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -126,6 +129,32 @@ class PostgresBackend:
 
     def insert_ignore(self, table: Table) -> Insert:
         return postgresql.insert(table).on_conflict_do_nothing()
+
+    def update_rows(
+        self,
+        conn: Connection,
+        table: Table,
+        match: Sequence[str],
+        rows: Sequence[Mapping[str, Any]],
+        where: ColumnElement[bool] | None = None,
+    ) -> None:
+        """One `UPDATE … FROM (VALUES …)`: one round trip for all the rows."""
+        if not rows:
+            return
+        names = list(rows[0])
+        given = values(*(column(n, table.c[n].type) for n in names), name="given").data(
+            [tuple(r[n] for n in names) for r in rows]
+        )
+        # Cast where used: a VALUES column of NULLs alone is typed text.
+        typed = {n: cast(given.c[n], table.c[n].type) for n in names}
+        statement = (
+            update(table)
+            .where(*(table.c[n] == typed[n] for n in match))
+            .values({n: typed[n] for n in names if n not in match})
+        )
+        if where is not None:
+            statement = statement.where(where)
+        conn.execute(statement)
 
     def violated_constraint(self, exc: IntegrityError) -> str | None:
         diag = getattr(exc.orig, "diag", None)  # psycopg2's error details
