@@ -140,6 +140,47 @@ def test_bulk_copy_round_trips_awkward_text(database: Database) -> None:
     assert [(r[0], r[1], r[2]) for r in got] == [(name, name, None) for name in awkward]
 
 
+def test_update_rows_sets_each_row_its_own_values_nulls_included(database: Database) -> None:
+    backend = database.backend
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    base = {"worker_id": "w", "generation": 1, "attempt": 1, "claimed_at": now}
+    rows = [
+        {
+            **base,
+            "img_name": f"{i}.png",
+            "lease_token": f"t{i}",
+            "expires_at": now,
+            "lease_seconds": 60,
+        }
+        for i in range(3)
+    ]
+    with database.write() as conn:
+        conn.execute(leases.insert(), rows)
+        backend.update_rows(
+            conn,
+            leases,
+            ["img_name", "lease_token"],
+            [
+                {"img_name": "0.png", "lease_token": "t0", "progress": 0.5, "heartbeat_at": None},
+                {"img_name": "1.png", "lease_token": "t1", "progress": None, "heartbeat_at": now},
+                {"img_name": "2.png", "lease_token": "wrong", "progress": 0.9, "heartbeat_at": now},
+            ],
+            where=leases.c.lease_seconds == 60,
+        )
+    with database.read() as conn:
+        got = conn.execute(
+            select(leases.c.img_name, leases.c.progress, leases.c.heartbeat_at).order_by(
+                leases.c.img_name
+            )
+        ).all()
+    # Each row its own values; a row its match does not find is left alone.
+    assert [tuple(r) for r in got] == [
+        ("0.png", 0.5, None),
+        ("1.png", None, now),
+        ("2.png", None, None),
+    ]
+
+
 def test_named_statements_work_after_a_rebuild_swapped_the_table(
     single: Database, database: Database
 ) -> None:
