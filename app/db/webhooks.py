@@ -95,21 +95,19 @@ def add_deliveries(conn: Connection, backend: Backend, rows: list[dict[str, Any]
         conn.execute(backend.insert_ignore(deliveries), rows)
 
 
-def claim_due(
-    conn: Connection,
-    backend: Backend,
-    now: datetime,
-    limit: int,
-    token: str,
-    lease_until: datetime,
-) -> Sequence[Row[Any]]:
-    """Lease up to `limit` due deliveries to `token` and return them (with
-    their endpoint's url and secrets)."""
+def enabled_endpoints(conn: Connection) -> list[tuple[str, str | None]]:
+    """Each enabled endpoint's id and log cursor."""
+    e = endpoints.c
+    rows = conn.execute(select(e.id, e.feed_cursor).where(e.state == ENABLED))
+    return [(endpoint_id, cursor) for endpoint_id, cursor in rows]
+
+
+def due(conn: Connection, now: datetime, limit: int) -> list[int]:
+    """Up to `limit` due deliveries, oldest first: of each image, per enabled
+    endpoint, only its oldest pending delivery (one pass, a window over what
+    is pending). A correlated "no earlier one pending" test instead was
+    planned, on a young table without statistics, as a rescan per row."""
     d = deliveries.c
-    # Each image's oldest pending delivery per endpoint (one pass: a window over
-    # what is pending), those of them that are due, oldest first. A correlated
-    # "no earlier one pending" test instead was planned, on a young table
-    # without statistics, as a rescan per row.
     rank = (
         func.row_number()
         .over(
@@ -125,7 +123,7 @@ def claim_due(
         .subquery("pending")
     )
     p = pending.c
-    due = [
+    return [
         row[0]
         for row in conn.execute(
             select(p.id)
@@ -138,31 +136,38 @@ def claim_due(
             .limit(limit)
         )
     ]
-    if not due:
-        return []
-    # Lock them, skipping what another dispatcher holds, and check them again.
+
+
+def lease(
+    conn: Connection,
+    backend: Backend,
+    ids: list[int],
+    now: datetime,
+    token: str,
+    lease_until: datetime,
+) -> Sequence[Row[Any]]:
+    """Lease those of `ids` that are still pending and free to `token`
+    (skipping rows another dispatcher holds); returns them with their
+    endpoint's url and secrets."""
+    d = deliveries.c
     query = select(d.id).where(
-        d.id.in_(due),
+        d.id.in_(ids),
         d.status == PENDING,
         or_(d.lease_until.is_(None), d.lease_until < now),
     )
-    ids = [r[0] for r in conn.execute(backend.claim_due(query))]
-    if not ids:
+    leased = [r[0] for r in conn.execute(backend.claim_due(query))]
+    if not leased:
         return []
     conn.execute(
-        update(deliveries).where(d.id.in_(ids)).values(lease_token=token, lease_until=lease_until)
+        update(deliveries)
+        .where(d.id.in_(leased))
+        .values(lease_token=token, lease_until=lease_until)
     )
     e = endpoints.c
     return conn.execute(
-        select(
-            deliveries,
-            e.url,
-            e.secret,
-            e.previous_secret,
-            e.previous_secret_until,
-        )
+        select(deliveries, e.url, e.secret, e.previous_secret, e.previous_secret_until)
         .join(endpoints, e.id == d.endpoint_id)
-        .where(d.id.in_(ids))
+        .where(d.id.in_(leased))
         .order_by(d.id)
     ).all()
 

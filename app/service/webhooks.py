@@ -365,6 +365,8 @@ class WebhookService:
         deliveries; returns how many were made. `render` is the Event as
         `/v1/events` shows it."""
         made = 0
+        if not self._anything_to_fan_out():
+            return 0  # no write transaction for nothing: on SQLite it waits on every writer
         with self.db.write() as conn:
             backend = self.db.backend
             now = self.clock()
@@ -404,11 +406,23 @@ class WebhookService:
 
     # --- dispatch -----------------------------------------------------------------------
 
+    def _anything_to_fan_out(self) -> bool:
+        """Has an enabled endpoint events after its cursor? (A read.)"""
+        with self.db.read() as conn:
+            for _, cursor in store.enabled_endpoints(conn):
+                if log.read_all(conn, after=cursor, limit=1).events:
+                    return True
+        return False
+
     def claim(self, limit: int, token: str) -> list[Claimed]:
         now = self.clock()
         lease_until = now + timedelta(seconds=self.policy.timeout_seconds * 2 + 5)
+        with self.db.read() as conn:
+            due = store.due(conn, now, limit)
+        if not due:
+            return []
         with self.db.write() as conn:
-            rows = store.claim_due(conn, self.db.backend, now, limit, token, lease_until)
+            rows = store.lease(conn, self.db.backend, due, now, token, lease_until)
         claimed = []
         for r in rows:
             keys = [r.secret]
