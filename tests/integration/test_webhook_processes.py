@@ -19,14 +19,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def procs(db_url: str, tmp_path: Path) -> Iterator[Processes]:
     env = cli_env(
         db_url,

@@ -31,14 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def app(settings: Settings, database: Database) -> Iterator[TestClient]:
     settings.webhook_allowed_networks = "127.0.0.0/8"
     settings.webhook_retry_schedule = "0,0.2,0.2"
