@@ -94,6 +94,8 @@ class Claimed:
     url: str
     secrets: list[str]
     token: str
+    #: The lease's end: a send that could not finish before it is not begun.
+    lease_until: datetime
 
 
 @dataclass(frozen=True)
@@ -429,7 +431,17 @@ class WebhookService:
             if r.previous_secret and r.previous_secret_until and r.previous_secret_until > now:
                 keys.append(r.previous_secret)
             claimed.append(
-                Claimed(r.id, r.endpoint_id, r.message_id, r.body, r.attempts, r.url, keys, token)
+                Claimed(
+                    r.id,
+                    r.endpoint_id,
+                    r.message_id,
+                    r.body,
+                    r.attempts,
+                    r.url,
+                    keys,
+                    token,
+                    lease_until,
+                )
             )
         return claimed
 

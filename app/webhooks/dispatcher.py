@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from standardwebhooks.webhooks import Webhook
@@ -170,6 +170,13 @@ class Dispatcher:
         return True
 
     def _send_one(self, http: httpx.Client, item: Claimed) -> None:
+        timeout = timedelta(seconds=self.service.policy.timeout_seconds)
+        if datetime.now(UTC) + timeout >= item.lease_until:
+            # It waited in the queue too long (a slow receiver): its lease may end
+            # mid-send, and another dispatcher take it. Leave it to be claimed again.
+            with self._open_lock:
+                self._open -= 1
+            return
         try:
             outcome = self.send(item, http)
         except Exception:  # a sender must outlive one bad delivery; its lease runs out
