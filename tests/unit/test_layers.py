@@ -4,7 +4,7 @@
   but core, and no storage, HTTP or settings library;
 - storage: `db`, `events.store`, `projections`; never the use cases or an edge;
 - use cases: `service`; no `fastapi`, `starlette` or `app.api`;
-- edges: `api`, `cli`, `worker`, `ui`; no `sqlalchemy`.
+- edges: `api`, `cli`, `worker`, `ui`, `webhooks`; no `sqlalchemy`.
 
 Only the edges, `bootstrap` and `config` itself read `Settings`.
 """
@@ -27,7 +27,7 @@ CORE = [
 ]
 STORAGE = ["db", "events/store.py", "projections"]
 USE_CASES = ["service"]
-EDGES = ["api", "cli", "worker", "ui"]
+EDGES = ["api", "cli", "worker", "ui", "webhooks"]
 EDGE_MODULES = tuple(f"app.{e}" for e in EDGES)
 
 
