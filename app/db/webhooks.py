@@ -241,7 +241,7 @@ def replay(conn: Connection, where: Any, now: datetime) -> int:
     return int(conn.execute(update(deliveries).where(where).values(**values)).rowcount)
 
 
-def pending_counts(conn: Connection, now: datetime) -> list[tuple[str, int, datetime]]:
+def pending_counts(conn: Connection) -> list[tuple[str, int, datetime]]:
     """Per endpoint: pending deliveries and the oldest one's creation time."""
     d = deliveries.c
     rows = conn.execute(

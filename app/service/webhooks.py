@@ -31,6 +31,7 @@ from app.lifecycle import EventType
 from app.service.base import utcnow
 from app.service.results import FeedEvent, Page
 from app.service.webhook_urls import Network, RefusedUrl, check
+from app.timestamps import rfc3339
 
 #: How long a rotated-out secret keeps signing beside the new one.
 ROTATION_OVERLAP = timedelta(hours=24)
@@ -261,7 +262,7 @@ class WebhookService:
         now = self.clock()
         message_id = "msg_test_" + secrets.token_hex(12)
         data = {"endpoint_id": endpoint_id}
-        body = {"type": TEST_EVENT, "timestamp": now.isoformat(), "data": data}
+        body = {"type": TEST_EVENT, "timestamp": rfc3339(now), "data": data}
         with self.db.write() as conn:
             if store.endpoint(conn, endpoint_id) is None:
                 raise NotFound(f"no webhook endpoint {endpoint_id!r}")
@@ -387,7 +388,7 @@ class WebhookService:
                     item = FeedEvent(event, log.cursor_of(conn, event))
                     body = {
                         "type": event.event_type.value,
-                        "timestamp": item.event.recorded_at.isoformat(),
+                        "timestamp": rfc3339(item.event.recorded_at),
                         "data": render(item),
                     }
                     rows.append(
@@ -520,5 +521,5 @@ class WebhookService:
         """Per endpoint: pending deliveries and the age in seconds of the oldest."""
         now = self.clock()
         with self.db.read() as conn:
-            rows = store.pending_counts(conn, now)
+            rows = store.pending_counts(conn)
         return [(ep, int(n), (now - oldest).total_seconds()) for ep, n, oldest in rows]

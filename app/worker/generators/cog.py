@@ -231,8 +231,6 @@ def _receiver(host: str, port: int) -> _Receiver:
 class CogGenerator:
     """Runs each task as one prediction of the model server at `settings.url`."""
 
-    kind = "cog"
-
     def __init__(self, name: str, settings: CogSettings) -> None:
         self.name = name
         self.settings = settings

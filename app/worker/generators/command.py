@@ -78,7 +78,7 @@ def progress_line(line: str) -> float | None:
 
 
 class CommandGenerator:
-    kind = "command"
+    """Runs each task as one run of `settings.argv`."""
 
     def __init__(self, name: str, settings: CommandSettings) -> None:
         self.name = name
