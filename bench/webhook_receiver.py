@@ -2,7 +2,9 @@
 it is sent and how long after its event's commit each delivery arrived.
 
 `python -m bench.webhook_receiver PORT`; `GET /stats` answers
-`{"received": n, "latencies_ms": [...]}` and `POST /reset` clears them.
+`{"received": n}`, `GET /wait/N` answers it once N have arrived, `GET
+/latencies` adds `"latencies_ms": [...]`, and
+`POST /reset` clears them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 lock = threading.Lock()
+landed = threading.Condition(lock)
 received: list[float] = []
 
 
@@ -36,13 +39,22 @@ class Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/hook"):
             with lock:
                 received.append(latency)
+                landed.notify_all()
         self.send_response(204)
         self.send_header("content-length", "0")
         self.end_headers()
 
     def do_GET(self) -> None:
+        if self.path.startswith("/wait/"):  # one long poll: the bench's side spends nothing waiting
+            count = int(self.path.rsplit("/", 1)[1])
+            with landed:
+                landed.wait_for(lambda: len(received) >= count, timeout=600)
         with lock:
-            stats: dict[str, Any] = {"received": len(received), "latencies_ms": list(received)}
+            # The count alone while the bench waits: a growing list on every poll
+            # would cost both processes CPU that the baseline does not spend.
+            stats: dict[str, Any] = {"received": len(received)}
+            if self.path == "/latencies":
+                stats["latencies_ms"] = list(received)
         out = json.dumps(stats).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(out)))

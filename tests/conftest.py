@@ -23,7 +23,7 @@ from app import bootstrap
 from app.api import create_app
 from app.config import Settings
 from app.db.engine import Database, open_database
-from app.db.tables import projection_state
+from app.db.tables import metadata, projection_state
 from app.projections import status
 from app.service import Policy, VideoService
 from app.service.queries import VideoQueries
@@ -33,7 +33,9 @@ PG_ADMIN_DSN = os.environ.get(
 )
 IN_CI = bool(os.environ.get("CI"))
 
-TABLES = "video_status_events, image_video_status, video_task_leases, api_keys, idempotency_keys"
+#: Emptied before each test on the session's PostgreSQL database: every table
+#: but the projection's bookkeeping (reset separately).
+TABLES = ", ".join(t.name for t in metadata.sorted_tables if t is not projection_state)
 
 
 def _pg_reachable() -> bool:

@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy import Connection, Engine, Insert, Select, Table
+from sqlalchemy import Connection, Engine, Insert, Row, Select, Table
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql.expression import ColumnElement
 
@@ -111,10 +111,12 @@ class Backend(Protocol):
         match: Sequence[str],
         rows: Sequence[Mapping[str, Any]],
         where: ColumnElement[bool] | None = None,
-    ) -> None:
+        returning: Sequence[ColumnElement[Any]] = (),
+    ) -> list[Row[Any]]:
         """UPDATE many rows of `table`, each to its own values: every row names
         the same columns; those in `match` find the row (with `where`, if
-        given), the others are set. As few round trips as the database allows."""
+        given), the others are set. As few round trips as the database allows.
+        Returns `returning` of each row updated (none if not asked)."""
         ...
 
     def violated_constraint(self, exc: IntegrityError) -> str | None:
@@ -137,7 +139,7 @@ class Backend(Protocol):
         `query` selects the row's key first and its order columns after it."""
         ...
 
-    def in_list(self, column: ColumnElement[Any], values: list[str]) -> ColumnElement[bool]:
+    def in_list(self, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
         """`column IN (values)`, in the form this database plans best."""
         ...
 

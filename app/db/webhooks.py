@@ -8,14 +8,13 @@ do not wait for each other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Connection,
     Row,
-    String,
     and_,
     delete,
     func,
@@ -25,7 +24,7 @@ from sqlalchemy import (
     update,
 )
 
-from app.db.backend import Backend
+from app.db.backend import Backend, backend_of
 from app.db.tables import image_status
 from app.db.tables import webhook_deliveries as deliveries
 from app.db.tables import webhook_endpoints as endpoints
@@ -59,9 +58,13 @@ def change_endpoint(conn: Connection, endpoint_id: str, values: Mapping[str, Any
     conn.execute(update(endpoints).where(endpoints.c.id == endpoint_id).values(**values))
 
 
-def note_delivered(conn: Connection, endpoint_id: str, now: datetime, every: timedelta) -> None:
-    """Mark a success on the endpoint: no longer failing, delivered at `now`.
-    A no-op (no row lock) when that was noted less than `every` ago."""
+def note_delivered(
+    conn: Connection, endpoint_ids: Collection[str], now: datetime, every: timedelta
+) -> None:
+    """Mark a success on the endpoints: no longer failing, delivered at `now`.
+    Skips (no row lock) an endpoint where that was noted less than `every` ago."""
+    if not endpoint_ids:
+        return
     e = endpoints.c
     stale = or_(
         e.failing_since.is_not(None),
@@ -70,7 +73,7 @@ def note_delivered(conn: Connection, endpoint_id: str, now: datetime, every: tim
     )
     conn.execute(
         update(endpoints)
-        .where(e.id == endpoint_id, stale)
+        .where(backend_of(conn).in_list(e.id, list(endpoint_ids)), stale)
         .values(last_delivered_at=now, failing_since=None)
     )
 
@@ -90,9 +93,13 @@ def endpoints_to_follow(conn: Connection, backend: Backend) -> Sequence[Row[Any]
 
 
 def add_deliveries(conn: Connection, backend: Backend, rows: list[dict[str, Any]]) -> None:
-    """Insert `rows`; one already there (the same endpoint and message) is kept as it is."""
+    """Insert `rows`; one already there (the same endpoint and message) is kept as it is.
+
+    With RETURNING, SQLAlchemy sends the rows as multi-row VALUES, a few
+    statements for a page; an ON CONFLICT insert without it goes row by row
+    (a round trip each)."""
     if rows:
-        conn.execute(backend.insert_ignore(deliveries), rows)
+        conn.execute(backend.insert_ignore(deliveries).returning(deliveries.c.id), rows)
 
 
 def enabled_endpoints(conn: Connection) -> list[tuple[str, str | None]]:
@@ -103,39 +110,105 @@ def enabled_endpoints(conn: Connection) -> list[tuple[str, str | None]]:
 
 
 def due(conn: Connection, now: datetime, limit: int) -> list[int]:
-    """Up to `limit` due deliveries, oldest first: of each image, per enabled
-    endpoint, only its oldest pending delivery (one pass, a window over what
-    is pending). A correlated "no earlier one pending" test instead was
-    planned, on a young table without statistics, as a rescan per row."""
+    """Up to `limit` due deliveries of enabled endpoints, oldest first.
+
+    One waiting behind an earlier delivery of its image has no
+    `next_attempt_at`, so this walks the partial due index in order and
+    stops at `limit`. The endpoints left out are named by `NOT IN` (a
+    filter, not an index condition): an `endpoint_id = ANY(enabled)` was planned, on a young table
+    without statistics, as a scan of all the endpoint's pending deliveries
+    and a sort of them, on every claim."""
+    e = endpoints.c
     d = deliveries.c
-    rank = (
-        func.row_number()
-        .over(
-            partition_by=(d.endpoint_id, func.coalesce(d.img_name, func.cast(d.id, String))),
-            order_by=d.id,
+    query = (
+        select(d.id)
+        .where(
+            d.status == PENDING,
+            d.next_attempt_at <= now,
+            or_(d.lease_until.is_(None), d.lease_until < now),
+            d.endpoint_id.not_in(select(e.id).where(e.state != ENABLED)),
         )
-        .label("rank")
+        .order_by(d.next_attempt_at, d.id)
+        .limit(limit)
     )
-    enabled = select(endpoints.c.id).where(endpoints.c.state == ENABLED)
-    pending = (
-        select(d.id, d.next_attempt_at, d.lease_until, rank)
-        .where(d.status == PENDING, d.endpoint_id.in_(enabled))
-        .subquery("pending")
+    return [row[0] for row in conn.execute(query)]
+
+
+def newest_of_images(
+    conn: Connection, endpoint_id: str, names: Collection[str]
+) -> dict[str, tuple[str, bool]]:
+    """Of each image in `names` that has one, the endpoint's newest delivery:
+    its message and whether it is pending."""
+    if not names:
+        return {}
+    d = deliveries.c
+    newest = (
+        select(func.max(d.id).label("id"))
+        .where(d.endpoint_id == endpoint_id, backend_of(conn).in_list(d.img_name, list(names)))
+        .group_by(d.img_name)
+        .subquery("newest")
     )
-    p = pending.c
-    return [
-        row[0]
-        for row in conn.execute(
-            select(p.id)
-            .where(
-                p.rank == 1,
-                p.next_attempt_at <= now,
-                or_(p.lease_until.is_(None), p.lease_until < now),
-            )
-            .order_by(p.next_attempt_at, p.id)
-            .limit(limit)
-        )
+    rows = conn.execute(
+        select(d.img_name, d.message_id, d.status).join(newest, newest.c.id == d.id)
+    )
+    return {name: (message, status == PENDING) for name, message, status in rows}
+
+
+def release_after(
+    conn: Connection, backend: Backend, finished: Collection[tuple[str, str]], now: datetime
+) -> None:
+    """Make due the deliveries waiting behind these (endpoint, message) ones,
+    which are no longer pending."""
+    if not finished:
+        return
+    d = deliveries.c
+    rows = [
+        {"endpoint_id": ep, "after_message_id": message, "next_attempt_at": now}
+        for ep, message in sorted(set(finished))
     ]
+    waiting = and_(d.status == PENDING, d.next_attempt_at.is_(None))
+    backend.update_rows(conn, deliveries, ["endpoint_id", "after_message_id"], rows, where=waiting)
+
+
+def stranded(conn: Connection) -> list[int]:
+    """Deliveries still waiting behind one that is no longer pending. A
+    delivery made while the one before it finished in another transaction
+    was not there to be released; this finds it.
+
+    The join names only (endpoint, message), so that its one index is the
+    unique one, with or without statistics."""
+    d = deliveries.c
+    before = deliveries.alias("before")
+    found = conn.execute(
+        select(d.id)
+        .select_from(
+            deliveries.outerjoin(
+                before,
+                and_(
+                    before.c.endpoint_id == d.endpoint_id,
+                    before.c.message_id == d.after_message_id,
+                ),
+            )
+        )
+        .where(
+            d.status == PENDING,
+            d.next_attempt_at.is_(None),
+            or_(before.c.id.is_(None), before.c.status != PENDING),
+        )
+    )
+    return [row[0] for row in found]
+
+
+def release(conn: Connection, ids: list[int], now: datetime) -> None:
+    """Make these waiting deliveries due now."""
+    d = deliveries.c
+    conn.execute(
+        update(deliveries)
+        .where(
+            backend_of(conn).in_list(d.id, ids), d.status == PENDING, d.next_attempt_at.is_(None)
+        )
+        .values(next_attempt_at=now)
+    )
 
 
 def lease(
@@ -145,31 +218,35 @@ def lease(
     now: datetime,
     token: str,
     lease_until: datetime,
-) -> Sequence[Row[Any]]:
+) -> list[Row[Any]]:
     """Lease those of `ids` that are still pending and free to `token`
-    (skipping rows another dispatcher holds); returns them with their
-    endpoint's url and secrets."""
+    (skipping rows another dispatcher holds), in one statement; returns them,
+    by id, with their endpoint's url and secrets."""
     d = deliveries.c
-    query = select(d.id).where(
-        d.id.in_(ids),
+    free = select(d.id).where(
+        backend.in_list(d.id, ids),
         d.status == PENDING,
         or_(d.lease_until.is_(None), d.lease_until < now),
     )
-    leased = [r[0] for r in conn.execute(backend.claim_due(query))]
-    if not leased:
-        return []
-    conn.execute(
-        update(deliveries)
-        .where(d.id.in_(leased))
-        .values(lease_token=token, lease_until=lease_until)
-    )
     e = endpoints.c
-    return conn.execute(
-        select(deliveries, e.url, e.secret, e.previous_secret, e.previous_secret_until)
-        .join(endpoints, e.id == d.endpoint_id)
-        .where(d.id.in_(leased))
-        .order_by(d.id)
+
+    def of_endpoint(col: Any) -> Any:
+        # A scalar subquery: SQLite's RETURNING cannot name an UPDATE … FROM table.
+        return select(col).where(e.id == d.endpoint_id).scalar_subquery().label(col.name)
+
+    leased = conn.execute(
+        update(deliveries)
+        .where(d.id.in_(backend.claim_due(free).scalar_subquery()))
+        .values(lease_token=token, lease_until=lease_until)
+        .returning(
+            *deliveries.c,
+            of_endpoint(e.url),
+            of_endpoint(e.secret),
+            of_endpoint(e.previous_secret),
+            of_endpoint(e.previous_secret_until),
+        )
     ).all()
+    return sorted(leased, key=lambda row: row.id)
 
 
 def record(conn: Connection, delivery_id: int, token: str, values: Mapping[str, Any]) -> bool:
@@ -183,9 +260,12 @@ def record(conn: Connection, delivery_id: int, token: str, values: Mapping[str, 
     return done.rowcount > 0
 
 
-def record_successes(conn: Connection, backend: Backend, rows: list[dict[str, Any]]) -> set[str]:
+def record_successes(
+    conn: Connection, backend: Backend, rows: list[dict[str, Any]]
+) -> set[tuple[str, str]]:
     """Mark deliveries succeeded, each only if its lease is still the
-    `lease_token` given with it, in one statement. Returns their endpoints."""
+    `lease_token` given with it, in one statement. Returns those it marked,
+    as (endpoint, message)."""
     if not rows:
         return set()
     d = deliveries.c
@@ -205,10 +285,15 @@ def record_successes(conn: Connection, backend: Backend, rows: list[dict[str, An
         }
         for r in rows
     ]
-    backend.update_rows(conn, deliveries, ["id", "lease_token"], done, where=d.status == PENDING)
-    ids = [r["id"] for r in rows]
-    found = conn.execute(select(d.endpoint_id).where(d.id.in_(ids)).distinct())
-    return {row[0] for row in found}
+    updated = backend.update_rows(
+        conn,
+        deliveries,
+        ["id", "lease_token"],
+        done,
+        where=d.status == PENDING,
+        returning=[d.endpoint_id, d.message_id],
+    )
+    return {(row.endpoint_id, row.message_id) for row in updated}
 
 
 def delivery(conn: Connection, delivery_id: int) -> Row[Any] | None:
@@ -229,7 +314,14 @@ def list_deliveries(
 
 
 def replay(conn: Connection, where: Any, now: datetime) -> int:
-    """Make the deliveries `where` selects pending again, due now, attempts reset."""
+    """Make the deliveries `where` selects pending again, attempts reset: due
+    now, or, behind a pending delivery of its image (replayed too, say),
+    waiting for it."""
+    d = deliveries.c
+    ids = [row[0] for row in conn.execute(select(d.id).where(where))]
+    if not ids:
+        return 0
+    chosen = backend_of(conn).in_list(d.id, ids)
     values = {
         "status": PENDING,
         "attempts": 0,
@@ -238,7 +330,19 @@ def replay(conn: Connection, where: Any, now: datetime) -> int:
         "lease_until": None,
         "delivered_at": None,
     }
-    return int(conn.execute(update(deliveries).where(where).values(**values)).rowcount)
+    conn.execute(update(deliveries).where(chosen).values(**values))
+    before = deliveries.alias("before")
+    waits = (
+        select(before.c.id)
+        .where(
+            before.c.endpoint_id == d.endpoint_id,
+            before.c.message_id == d.after_message_id,
+            before.c.status == PENDING,
+        )
+        .exists()
+    )
+    conn.execute(update(deliveries).where(chosen, waits).values(next_attempt_at=None))
+    return len(ids)
 
 
 def pending_counts(conn: Connection) -> list[tuple[str, int, datetime]]:

@@ -11,6 +11,7 @@ registration and again at every send: a name that resolves elsewhere later
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -43,7 +44,9 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(part.strip()) for part in text.split(",") if part.strip())
 
 
+@functools.lru_cache(maxsize=4096)
 def _refused(address: IPAddress) -> str | None:
+    """Why `address` is not public, or None. Cached: a pure function, asked at every send."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     for what, hit in (
@@ -89,6 +92,11 @@ def check(url: str, allowed: Sequence[Network] = ()) -> Target:
         found = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     for address in found:
         why = _refused(address)
-        if why is not None and not any(address in network for network in allowed):
+        if why is not None and not _allowed(address, tuple(allowed)):
             raise RefusedUrl(f"{host} is a {why} address ({address}); only public addresses")
     return Target(parts.scheme, host, port, tuple(dict.fromkeys(str(a) for a in found)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _allowed(address: IPAddress, allowed: tuple[Network, ...]) -> bool:
+    return any(address in network for network in allowed)

@@ -26,7 +26,7 @@ from app.db.engine import Database
 from app.db.tables import webhook_deliveries
 from app.errors import NotFound, ValidationFailed
 from app.events import store as log
-from app.events.types import Json
+from app.events.types import Json, RecordedEvent
 from app.lifecycle import EventType
 from app.service.base import utcnow
 from app.service.results import FeedEvent, Page
@@ -38,6 +38,9 @@ ROTATION_OVERLAP = timedelta(hours=24)
 TEST_EVENT = "webhook.test"
 EVENT_TYPES = {t.value for t in EventType}
 FAN_OUT_PAGE = 500
+#: How often a success is noted on its endpoint (`last_delivered_at`).
+NOTE_EVERY = timedelta(seconds=1)
+MIN_TIME = datetime.min.replace(tzinfo=UTC)
 #: At most this much of a receiver's answer is kept.
 RESPONSE_KEPT = 256
 
@@ -145,6 +148,8 @@ class WebhookService:
     policy: WebhookPolicy = field(default_factory=WebhookPolicy)
     clock: Callable[[], datetime] = utcnow
     rng: random.Random = field(default_factory=random.Random)
+    #: When this process last noted a success on each endpoint.
+    _noted: dict[str, datetime] = field(default_factory=dict, repr=False)
 
     # --- endpoints (admin) ------------------------------------------------------------
 
@@ -262,7 +267,7 @@ class WebhookService:
         now = self.clock()
         message_id = "msg_test_" + secrets.token_hex(12)
         data = {"endpoint_id": endpoint_id}
-        body = {"type": TEST_EVENT, "timestamp": rfc3339(now), "data": data}
+        body = orjson.dumps({"type": TEST_EVENT, "timestamp": rfc3339(now), "data": data}).decode()
         with self.db.write() as conn:
             if store.endpoint(conn, endpoint_id) is None:
                 raise NotFound(f"no webhook endpoint {endpoint_id!r}")
@@ -340,36 +345,54 @@ class WebhookService:
 
     # --- fan-out ------------------------------------------------------------------------
 
+    @staticmethod
     def _delivery_row(
-        self,
         endpoint_id: str,
         message_id: str,
         event_type: str,
         img_name: str | None,
         cursor: str | None,
-        body: Json,
+        body: str,
         now: datetime,
+        after: tuple[str, bool] | None = None,
     ) -> dict[str, Any]:
+        """A new delivery; `after` is the (message, still pending) of the one
+        before it of its image, which it waits behind while that is pending."""
         return {
             "endpoint_id": endpoint_id,
             "message_id": message_id,
             "event_type": event_type,
             "img_name": img_name,
+            "after_message_id": after[0] if after else None,
             "event_cursor": cursor,
-            "body": orjson.dumps(body).decode(),
+            "body": body,
             "status": store.PENDING,
             "attempts": 0,
-            "next_attempt_at": now,
+            "next_attempt_at": None if after and after[1] else now,
             "created_at": now,
         }
+
+    @staticmethod
+    def _body(event: RecordedEvent, data: Json) -> str:
+        """What is POSTed: `{"type", "timestamp", "data"}`."""
+        body = {
+            "type": event.event_type.value,
+            "timestamp": rfc3339(event.recorded_at),
+            "data": data,
+        }
+        return orjson.dumps(body).decode()
 
     def fan_out(self, render: Callable[[FeedEvent], Json]) -> int:
         """Turn the events each enabled endpoint has not seen yet into its
         deliveries; returns how many were made. `render` is the Event as
-        `/v1/events` shows it."""
+        `/v1/events` shows it.
+
+        Each delivery names the one before it of its endpoint and image, and
+        waits (no `next_attempt_at`) while that one is pending."""
         made = 0
         if not self._anything_to_fan_out():
             return 0  # no write transaction for nothing: on SQLite it waits on every writer
+        bodies: dict[str, str] = {}  # an event's body is the same for every endpoint
         with self.db.write() as conn:
             backend = self.db.backend
             now = self.clock()
@@ -377,31 +400,33 @@ class WebhookService:
                 page = log.read_all(conn, after=ep.feed_cursor, limit=FAN_OUT_PAGE)
                 if not page.events:
                     continue
+                names = sorted({e.img_name for e in page.events})
+                sources = store.source_types_of(conn, names if ep.source_types else [])
+                newest = store.newest_of_images(conn, ep.id, names)
                 rows = []
-                names = sorted({e.img_name for e in page.events}) if ep.source_types else []
-                sources = store.source_types_of(conn, names)
                 for event in page.events:
                     if ep.event_types and event.event_type.value not in ep.event_types:
                         continue
                     if ep.source_types and sources.get(event.img_name) not in ep.source_types:
                         continue
-                    item = FeedEvent(event, log.cursor_of(conn, event))
-                    body = {
-                        "type": event.event_type.value,
-                        "timestamp": rfc3339(item.event.recorded_at),
-                        "data": render(item),
-                    }
-                    rows.append(
-                        self._delivery_row(
-                            ep.id,
-                            str(event.event_id),
-                            event.event_type.value,
-                            event.img_name,
-                            item.cursor,
-                            body,
-                            now,
-                        )
+                    message_id = str(event.event_id)
+                    cursor = log.cursor_of(conn, event)
+                    if message_id not in bodies:
+                        data = render(FeedEvent(event, cursor))
+                        bodies[message_id] = self._body(event, data)
+                    before = newest.get(event.img_name)
+                    row = self._delivery_row(
+                        ep.id,
+                        message_id,
+                        event.event_type.value,
+                        event.img_name,
+                        cursor,
+                        bodies[message_id],
+                        now,
+                        after=before,
                     )
+                    rows.append(row)
+                    newest[event.img_name] = (message_id, True)
                 store.add_deliveries(conn, backend, rows)
                 store.change_endpoint(conn, ep.id, {"feed_cursor": page.cursor})
                 made += len(rows)
@@ -459,17 +484,36 @@ class WebhookService:
         lease has run out (another dispatcher has the delivery now) is dropped."""
         now = self.clock()
         successes: list[dict[str, Any]] = []
+        given_up: list[tuple[str, str]] = []
         with self.db.write() as conn:
             for claimed, outcome in results:
                 values = self._attempt(claimed, outcome)
                 if outcome.ok:
                     values.update(status=store.SUCCEEDED, delivered_at=now, next_attempt_at=None)
                     successes.append({**values, "id": claimed.id, "token": claimed.token})
-                else:
-                    self._failed(conn, claimed, outcome, values, now)
-            for endpoint_id in store.record_successes(conn, self.db.backend, successes):
-                # Without a lock, and only once a second: not every success writes it.
-                store.note_delivered(conn, endpoint_id, now, timedelta(seconds=1))
+                elif self._failed(conn, claimed, outcome, values, now):
+                    given_up.append((claimed.endpoint_id, claimed.message_id))
+            delivered = store.record_successes(conn, self.db.backend, successes)
+            # Without a lock, and once a second: not every success writes it.
+            due = {ep for ep, _ in delivered if self._noted.get(ep, MIN_TIME) <= now - NOTE_EVERY}
+            store.note_delivered(conn, due, now, NOTE_EVERY)
+            # The next delivery of each of their images may go now.
+            store.release_after(conn, self.db.backend, delivered | set(given_up), now)
+        self._noted.update(dict.fromkeys(due, now))
+        for claimed, outcome in results:
+            if not outcome.ok:  # a failure may have marked it failing: note the next success
+                self._noted.pop(claimed.endpoint_id, None)
+
+    def release_stranded(self) -> int:
+        """Make due what still waits behind a delivery that is no longer
+        pending (made while that one finished); how many. Reads first: a
+        write transaction only when there is something to release."""
+        with self.db.read() as conn:
+            ids = store.stranded(conn)
+        if ids:
+            with self.db.write() as conn:
+                store.release(conn, ids, self.clock())
+        return len(ids)
 
     @staticmethod
     def _attempt(claimed: Claimed, outcome: Outcome) -> dict[str, Any]:
@@ -483,7 +527,8 @@ class WebhookService:
 
     def _failed(
         self, conn: Any, claimed: Claimed, outcome: Outcome, values: dict[str, Any], now: datetime
-    ) -> None:
+    ) -> bool:
+        """Record a failed attempt; whether the delivery is given up (`failed`)."""
         endpoint_values: dict[str, Any] = {}
         if outcome.status_code == 410:
             values.update(status=store.FAILED, next_attempt_at=None)
@@ -501,10 +546,11 @@ class WebhookService:
             else:
                 values["next_attempt_at"] = now + timedelta(seconds=wait)
         if not store.record(conn, claimed.id, claimed.token, values):
-            return  # the lease ran out and another dispatcher has it now
+            return False  # the lease ran out and another dispatcher has it now
+        given_up = values.get("status") == store.FAILED
         ep = store.endpoint(conn, claimed.endpoint_id, lock=True)
         if ep is None:
-            return
+            return given_up
         if outcome.status_code != 410:
             since = ep.failing_since or now
             endpoint_values["failing_since"] = since
@@ -516,6 +562,7 @@ class WebhookService:
                     updated_at=now,
                 )
         store.change_endpoint(conn, claimed.endpoint_id, endpoint_values)
+        return given_up
 
     def pending(self) -> list[tuple[str, int, float]]:
         """Per endpoint: pending deliveries and the age in seconds of the oldest."""

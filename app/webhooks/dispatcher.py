@@ -12,6 +12,7 @@ leases run out and are taken over, sent with the same `webhook-id`.
 from __future__ import annotations
 
 import email.utils
+import functools
 import logging
 import queue
 import secrets
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import httpx
 from standardwebhooks.webhooks import Webhook
@@ -30,6 +32,7 @@ from app.service.webhook_urls import RefusedUrl, Target, check
 from app.service.webhooks import Claimed, Outcome, WebhookService
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 USER_AGENT = "vidledger-webhooks/1"
 #: A fan-out at most this often when woken (appends come in bursts).
@@ -43,8 +46,14 @@ RETRY_AFTER_MAX = 3600.0
 def signatures(claimed: Claimed, at: datetime) -> str:
     """`v1,<signature>` for every live secret, space-separated."""
     return " ".join(
-        Webhook(key).sign(claimed.message_id, at, claimed.body) for key in claimed.secrets
+        _signer(key).sign(claimed.message_id, at, claimed.body) for key in claimed.secrets
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    """A signer per secret, made once (it decodes the secret)."""
+    return Webhook(secret)
 
 
 def retry_after(value: str | None) -> float | None:
@@ -79,6 +88,15 @@ def _pinned(url: str, target: Target) -> tuple[str, dict[str, str], dict[str, st
 
 
 class Dispatcher:
+    """Three loops and a pool of senders, each waiting on its own database
+    round trips, not on the others':
+
+    - fan-out: woken by an append (or each `poll_seconds`), turns new events
+      into deliveries;
+    - claim (`run`): keeps up to `batch` leased deliveries queued for the senders;
+    - record: writes finished sends, all that have piled up, in one transaction.
+    """
+
     def __init__(
         self,
         service: WebhookService,
@@ -99,58 +117,94 @@ class Dispatcher:
         self.on_outcome = on_outcome
         self.token = "disp_" + secrets.token_hex(8)
         #: Leased deliveries waiting for a sender; `batch` of them at the most.
-        self.batch = senders * 8
+        self.batch = senders * 16
         self.queue: queue.SimpleQueue[Claimed | None] = queue.SimpleQueue()
         #: Sends finished and not yet recorded.
         self.done: queue.SimpleQueue[tuple[Claimed, Outcome]] = queue.SimpleQueue()
+        #: Set when more may be due: deliveries made, an image's delivery recorded
+        #: (its next one may go), or the senders running low.
+        self.claim_now = threading.Event()
         #: Claimed and not yet recorded.
         self._open = 0
         self._open_lock = threading.Lock()
 
     def run(self) -> None:
-        """Fan out when woken by an append (or each `poll_seconds`), keep a
-        batch of leased deliveries queued for the senders, until `stop`."""
-        senders = [
+        """Dispatch until `stop`: the claim loop here, the others in threads."""
+        threads = [
             threading.Thread(target=self._sender, name=f"webhook-{i}", daemon=True)
             for i in range(self.senders)
         ]
-        for thread in senders:
+        loops = [
+            threading.Thread(target=self._fan_out_loop, name="webhook-fan-out", daemon=True),
+            threading.Thread(target=self._record_loop, name="webhook-record", daemon=True),
+        ]
+        for thread in threads + loops:
             thread.start()
-        next_fan_out = last_fan_out = 0.0
+        self._claim_loop()
+        for thread in loops:
+            thread.join()
+        for _ in threads:
+            self.queue.put(None)
+        for thread in threads:
+            thread.join(self.service.policy.timeout_seconds + 5)
+        self._record_done()
+
+    def _turn(self, work: Callable[[], T]) -> T | None:
+        """One turn of a loop: `work`'s result, or None (after a pause) if it
+        failed. A loop must outlive any one bad turn, a database restart included."""
+        try:
+            return work()
+        except AppError as exc:
+            log.warning("webhooks: %s", exc.detail)
+        except Exception:
+            log.exception("webhooks: a dispatcher turn failed; going on")
+        self.stop.wait(1.0)
+        return None
+
+    def _fan_out_loop(self) -> None:
+        next_sweep = 0.0
         while not self.stop.is_set():
-            woken = self.wake.is_set()
             self.wake.clear()
-            try:
-                self._record_done()
-                now = time.monotonic()
-                if now >= next_fan_out or (woken and now - last_fan_out >= FAN_OUT_EVERY):
-                    self.service.fan_out(self.render)
-                    last_fan_out = time.monotonic()
-                    next_fan_out = last_fan_out + self.poll_seconds
-                room = self.batch - self.queue.qsize()
-                claimed = self.service.claim(room, self.token) if room > 0 else []
-            except AppError as exc:
-                log.warning("webhooks: %s", exc.detail)
-                self.stop.wait(1.0)
-                continue
-            except Exception:  # the dispatcher must outlive any one bad turn
-                log.exception("webhooks: the dispatcher's turn failed; going on")
-                self.stop.wait(1.0)
-                continue
-            with self._open_lock:
-                self._open += len(claimed)
-            for item in claimed:
-                self.queue.put(item)
-            # Woken by an append, a finished send (to record, and its image's next
-            # may be due), or the poll.
+            made = self._turn(lambda: self.service.fan_out(self.render))
+            if made:
+                self.claim_now.set()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.poll_seconds
+                if self._turn(self.service.release_stranded):
+                    self.claim_now.set()
+            # Appends come in bursts: one fan-out takes what a few ms bring.
+            self.stop.wait(FAN_OUT_EVERY)
+            if not made:  # after a page made, there may be more at once
+                self.wake.wait(self.poll_seconds)
+
+    def _claim_loop(self) -> None:
+        while not self.stop.is_set():
+            self.claim_now.clear()
+            self._turn(self._claim)
             with self._open_lock:
                 busy = self._open > 0
-            self.wake.wait(BUSY_LOOK_SECONDS if busy else self.poll_seconds)
-        self._record_done()
-        for _ in senders:
-            self.queue.put(None)
-        for thread in senders:
-            thread.join(self.service.policy.timeout_seconds + 5)
+            self.claim_now.wait(BUSY_LOOK_SECONDS if busy else self.poll_seconds)
+        self.wake.set()  # the fan-out loop sees `stop` now
+
+    def _claim(self) -> None:
+        queued = self.queue.qsize()
+        if queued >= self.batch // 2:
+            return  # enough queued: claim when there is room for a batch worth the trip
+        room = self.batch - queued
+        claimed = self.service.claim(room, self.token)
+        with self._open_lock:
+            self._open += len(claimed)
+        for item in claimed:
+            self.queue.put(item)
+
+    def _record_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                first = self.done.get(timeout=self.poll_seconds)
+            except queue.Empty:
+                continue
+            self._record_done([first])
+            self.claim_now.set()
 
     def client(self) -> httpx.Client:
         """An HTTP client for one sender: a pool shared by all would make them
@@ -185,11 +239,12 @@ class Dispatcher:
                 self._open -= 1
             return
         self.done.put((item, outcome))
-        self.wake.set()
+        if self.queue.qsize() < self.senders:
+            self.claim_now.set()  # running low
 
-    def _record_done(self) -> None:
-        """Record every finished send in one transaction."""
-        results = []
+    def _record_done(self, results: list[tuple[Claimed, Outcome]] | None = None) -> None:
+        """Record `results` and every other finished send, in one transaction."""
+        results = results or []
         while True:
             try:
                 results.append(self.done.get_nowait())

@@ -216,10 +216,10 @@ def test_metrics_count_deliveries_and_show_what_is_pending(
     endpoint = add_endpoint(app, receiver.url)
     app.post("/v1/videos", json={"img_name": "a.png", "source_type": "scene"})
     wait_for(lambda: len(receiver.received) == 1, timeout=20)
-    metrics = app.get("/metrics").text
     counted = f'vidledger_webhook_deliveries_total{{endpoint="{endpoint["id"]}",outcome="2xx"}} 1.0'
-    assert counted in metrics
-    assert endpoint["secret"] not in metrics
+    # Counted once recorded, a moment after the receiver answered.
+    wait_for(lambda: counted in app.get("/metrics").text, timeout=10, what="the delivery counted")
+    assert endpoint["secret"] not in app.get("/metrics").text
 
 
 def test_the_cli_manages_endpoints_and_lists_deliveries(

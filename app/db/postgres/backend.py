@@ -14,6 +14,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Insert,
+    Row,
     Select,
     String,
     Table,
@@ -21,7 +22,6 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
-    column,
     func,
     select,
     text,
@@ -29,7 +29,6 @@ from sqlalchemy import (
     tuple_,
     type_coerce,
     update,
-    values,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -137,24 +136,30 @@ class PostgresBackend:
         match: Sequence[str],
         rows: Sequence[Mapping[str, Any]],
         where: ColumnElement[bool] | None = None,
-    ) -> None:
-        """One `UPDATE … FROM (VALUES …)`: one round trip for all the rows."""
+        returning: Sequence[ColumnElement[Any]] = (),
+    ) -> list[Row[Any]]:
+        """One `UPDATE … FROM unnest(…)`: one round trip for all the rows, and
+        one statement text whatever their number (compiled once, then cached:
+        a VALUES list of N rows would be compiled anew for every N)."""
         if not rows:
-            return
+            return []
         names = list(rows[0])
-        given = values(*(column(n, table.c[n].type) for n in names), name="given").data(
-            [tuple(r[n] for n in names) for r in rows]
-        )
-        # Cast where used: a VALUES column of NULLs alone is typed text.
-        typed = {n: cast(given.c[n], table.c[n].type) for n in names}
+        arrays = [
+            cast(bindparam(f"rows_{n}", [r[n] for r in rows]), postgresql.ARRAY(table.c[n].type))
+            for n in names
+        ]
+        given = func.unnest(*arrays).table_valued(*names).render_derived(name="given")
         statement = (
             update(table)
-            .where(*(table.c[n] == typed[n] for n in match))
-            .values({n: typed[n] for n in names if n not in match})
+            .where(*(table.c[n] == given.c[n] for n in match))
+            .values({n: given.c[n] for n in names if n not in match})
         )
         if where is not None:
             statement = statement.where(where)
-        conn.execute(statement)
+        if not returning:
+            conn.execute(statement)
+            return []
+        return list(conn.execute(statement.returning(*returning)))
 
     def violated_constraint(self, exc: IntegrityError) -> str | None:
         diag = getattr(exc.orig, "diag", None)  # psycopg2's error details
@@ -179,9 +184,9 @@ class PostgresBackend:
         key, *order = head.c
         return select(key).select_from(names).join(head, true()).order_by(*order).limit(1)
 
-    def in_list(self, column: ColumnElement[Any], values: list[str]) -> ColumnElement[bool]:
-        """`= ANY(array)`: one bound value, however many names."""
-        return column == any_(cast(values, postgresql.ARRAY(String)))
+    def in_list(self, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
+        """`= ANY(array)`: one bound value, however many, and one statement text."""
+        return column == any_(cast(list(values), postgresql.ARRAY(column.type)))
 
     # --- the global feed --------------------------------------------------------------
 

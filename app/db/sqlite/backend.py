@@ -13,6 +13,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     Insert,
+    Row,
     Select,
     Table,
     bindparam,
@@ -117,10 +118,12 @@ class SqliteBackend:
         match: Sequence[str],
         rows: Sequence[Mapping[str, Any]],
         where: ColumnElement[bool] | None = None,
-    ) -> None:
-        """executemany: in-process, a round trip costs nothing."""
+        returning: Sequence[ColumnElement[Any]] = (),
+    ) -> list[Row[Any]]:
+        """executemany (or, to return rows, one execute per row): in-process,
+        a round trip costs nothing."""
         if not rows:
-            return
+            return []
         setting = [c for c in rows[0] if c not in match]
         statement = (
             update(table)
@@ -129,13 +132,14 @@ class SqliteBackend:
         )
         if where is not None:
             statement = statement.where(where)
-        conn.execute(
-            statement,
-            [
-                {**{f"m_{c}": r[c] for c in match}, **{f"s_{c}": r[c] for c in setting}}
-                for r in rows
-            ],
-        )
+        params = [
+            {**{f"m_{c}": r[c] for c in match}, **{f"s_{c}": r[c] for c in setting}} for r in rows
+        ]
+        if not returning:
+            conn.execute(statement, params)
+            return []
+        statement = statement.returning(*returning)
+        return [row for p in params for row in conn.execute(statement, p)]
 
     def violated_constraint(self, exc: IntegrityError) -> str | None:
         return None  # sqlite3 does not name it
@@ -150,7 +154,7 @@ class SqliteBackend:
     ) -> Select[Any]:
         return query.where(column.in_(values))  # one writer: nothing to skip
 
-    def in_list(self, column: ColumnElement[Any], values: list[str]) -> ColumnElement[bool]:
+    def in_list(self, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
         return column.in_(values)
 
     # --- the global feed --------------------------------------------------------------
