@@ -112,11 +112,13 @@ class Backend(Protocol):
         rows: Sequence[Mapping[str, Any]],
         where: ColumnElement[bool] | None = None,
         returning: Sequence[ColumnElement[Any]] = (),
+        same: Mapping[str, Any] | None = None,
     ) -> list[Row[Any]]:
         """UPDATE many rows of `table`, each to its own values: every row names
         the same columns; those in `match` find the row (with `where`, if
-        given), the others are set. As few round trips as the database allows.
-        Returns `returning` of each row updated (none if not asked)."""
+        given), the others are set; `same` sets columns to one value for all.
+        As few round trips as the database allows. Returns `returning` of each
+        row updated (none if not asked)."""
         ...
 
     def violated_constraint(self, exc: IntegrityError) -> str | None:

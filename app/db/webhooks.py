@@ -261,7 +261,7 @@ def record(conn: Connection, delivery_id: int, token: str, values: Mapping[str, 
 
 
 def record_successes(
-    conn: Connection, backend: Backend, rows: list[dict[str, Any]]
+    conn: Connection, backend: Backend, rows: list[dict[str, Any]], delivered_at: datetime
 ) -> set[tuple[str, str]]:
     """Mark deliveries succeeded, each only if its lease is still the
     `lease_token` given with it, in one statement. Returns those it marked,
@@ -273,23 +273,26 @@ def record_successes(
         {
             "id": r["id"],
             "lease_token": r["token"],
-            "status": SUCCEEDED,
             "attempts": r["attempts"],
             "last_status_code": r["last_status_code"],
-            "last_error": None,
             "last_latency_ms": r["last_latency_ms"],
             "last_response": r["last_response"],
-            "delivered_at": r["delivered_at"],
-            "next_attempt_at": None,
-            "lease_until": None,  # the token stays, matched on: a replay clears it
         }
         for r in rows
     ]
+    same = {
+        "status": SUCCEEDED,
+        "last_error": None,
+        "delivered_at": delivered_at,
+        "next_attempt_at": None,
+        "lease_until": None,  # the token stays, matched on: a replay clears it
+    }
     updated = backend.update_rows(
         conn,
         deliveries,
         ["id", "lease_token"],
         done,
+        same=same,
         where=d.status == PENDING,
         returning=[d.endpoint_id, d.message_id],
     )

@@ -382,16 +382,18 @@ class WebhookService:
         }
         return orjson.dumps(body).decode()
 
-    def fan_out(self, render: Callable[[FeedEvent], Json]) -> int:
+    def fan_out(self, render: Callable[[FeedEvent], Json]) -> int | None:
         """Turn the events each enabled endpoint has not seen yet into its
-        deliveries; returns how many were made. `render` is the Event as
+        deliveries; returns how many were made, or None if there was nothing
+        to do (0: there was, but filtered out, or its endpoint was locked by
+        another transaction, to try again). `render` is the Event as
         `/v1/events` shows it.
 
         Each delivery names the one before it of its endpoint and image, and
         waits (no `next_attempt_at`) while that one is pending."""
         made = 0
         if not self._anything_to_fan_out():
-            return 0  # no write transaction for nothing: on SQLite it waits on every writer
+            return None  # no write transaction for nothing: on SQLite it waits on every writer
         bodies: dict[str, str] = {}  # an event's body is the same for every endpoint
         with self.db.write() as conn:
             backend = self.db.backend
@@ -489,11 +491,10 @@ class WebhookService:
             for claimed, outcome in results:
                 values = self._attempt(claimed, outcome)
                 if outcome.ok:
-                    values.update(status=store.SUCCEEDED, delivered_at=now, next_attempt_at=None)
                     successes.append({**values, "id": claimed.id, "token": claimed.token})
                 elif self._failed(conn, claimed, outcome, values, now):
                     given_up.append((claimed.endpoint_id, claimed.message_id))
-            delivered = store.record_successes(conn, self.db.backend, successes)
+            delivered = store.record_successes(conn, self.db.backend, successes, now)
             # Without a lock, and once a second: not every success writes it.
             due = {ep for ep, _ in delivered if self._noted.get(ep, MIN_TIME) <= now - NOTE_EVERY}
             store.note_delivered(conn, due, now, NOTE_EVERY)

@@ -156,7 +156,7 @@ def test_update_rows_sets_each_row_its_own_values_nulls_included(database: Datab
     ]
     with database.write() as conn:
         conn.execute(leases.insert(), rows)
-        backend.update_rows(
+        updated = backend.update_rows(
             conn,
             leases,
             ["img_name", "lease_token"],
@@ -166,19 +166,23 @@ def test_update_rows_sets_each_row_its_own_values_nulls_included(database: Datab
                 {"img_name": "2.png", "lease_token": "wrong", "progress": 0.9, "heartbeat_at": now},
             ],
             where=leases.c.lease_seconds == 60,
+            same={"worker_id": "w2"},
+            returning=[leases.c.img_name],
         )
     with database.read() as conn:
         got = conn.execute(
-            select(leases.c.img_name, leases.c.progress, leases.c.heartbeat_at).order_by(
-                leases.c.img_name
-            )
+            select(
+                leases.c.img_name, leases.c.progress, leases.c.heartbeat_at, leases.c.worker_id
+            ).order_by(leases.c.img_name)
         ).all()
-    # Each row its own values; a row its match does not find is left alone.
+    # Each row its own values, and `same` for all; a row its match does not
+    # find is left alone, and not returned.
     assert [tuple(r) for r in got] == [
-        ("0.png", 0.5, None),
-        ("1.png", None, now),
-        ("2.png", None, None),
+        ("0.png", 0.5, None, "w2"),
+        ("1.png", None, now, "w2"),
+        ("2.png", None, None, "w"),
     ]
+    assert sorted(row.img_name for row in updated) == ["0.png", "1.png"]
 
 
 def test_named_statements_work_after_a_rebuild_swapped_the_table(

@@ -137,6 +137,7 @@ class PostgresBackend:
         rows: Sequence[Mapping[str, Any]],
         where: ColumnElement[bool] | None = None,
         returning: Sequence[ColumnElement[Any]] = (),
+        same: Mapping[str, Any] | None = None,
     ) -> list[Row[Any]]:
         """One `UPDATE … FROM unnest(…)`: one round trip for all the rows, and
         one statement text whatever their number (compiled once, then cached:
@@ -153,6 +154,12 @@ class PostgresBackend:
             update(table)
             .where(*(table.c[n] == given.c[n] for n in match))
             .values({n: given.c[n] for n in names if n not in match})
+            .values(
+                {
+                    n: bindparam(f"same_{n}", v, type_=table.c[n].type)
+                    for n, v in (same or {}).items()
+                }
+            )
         )
         if where is not None:
             statement = statement.where(where)

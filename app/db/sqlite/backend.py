@@ -119,6 +119,7 @@ class SqliteBackend:
         rows: Sequence[Mapping[str, Any]],
         where: ColumnElement[bool] | None = None,
         returning: Sequence[ColumnElement[Any]] = (),
+        same: Mapping[str, Any] | None = None,
     ) -> list[Row[Any]]:
         """executemany (or, to return rows, one execute per row): in-process,
         a round trip costs nothing."""
@@ -129,6 +130,12 @@ class SqliteBackend:
             update(table)
             .where(*(table.c[c] == bindparam(f"m_{c}") for c in match))
             .values({c: bindparam(f"s_{c}") for c in setting})
+            .values(
+                {
+                    c: bindparam(f"same_{c}", v, type_=table.c[c].type)
+                    for c, v in (same or {}).items()
+                }
+            )
         )
         if where is not None:
             statement = statement.where(where)
