@@ -7,13 +7,14 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install run test soak lint format bench clean chromium ffmpeg lock
 
-# Exactly the locked set (requirements.lock, with hashes), then the project
-# itself without dependencies: a fresh install gets the versions the tests passed with.
-$(STAMP): pyproject.toml requirements.lock
+# Exactly the locked set (requirements.lock, with hashes), then the project and
+# its client (clients/python, vidledger-client)
+# without dependencies: a fresh install gets the versions the tests passed with.
+$(STAMP): pyproject.toml clients/python/pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps -e . -e clients/python
 	touch $(STAMP)
 
 # Update requirements.lock to the newest versions pyproject.toml allows (pip-tools,
@@ -73,7 +74,7 @@ ffmpeg:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict app
+	$(BIN)/mypy --strict app clients/python/vidledger_client
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -8,14 +8,16 @@ live on other machines.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Protocol
-from urllib.parse import quote
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-import httpx
+import vidledger_client as remote
+from vidledger_client import VidLedger
 
 from app.errors import AppError, Forbidden, LeaseLost, Unauthorized, Unavailable
 from app.service import Heartbeat, Task, VideoService
+
+T = TypeVar("T")
 
 
 class TaskBackend(Protocol):
@@ -89,42 +91,28 @@ class LocalBackend:
 
 
 class RemoteBackend:
-    """The worker HTTP API of another vidledger server (role `worker` key)."""
+    """The worker HTTP API of another vidledger server (role `worker` key),
+    through `vidledger_client`: its retries, and its errors turned back into
+    the ones the loop handles (`LeaseLost`, `Unavailable`, …)."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0) -> None:
-        self.http = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-        )
+        self.client = VidLedger(base_url, api_key, timeout=timeout)
 
-    def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    def _call(self, what: Callable[[], T]) -> T:
         try:
-            response = self.http.post(path, json=body)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"cannot reach {self.http.base_url}: {exc}") from exc
-        status = response.status_code
-        if status < 400:
-            return response
-        try:
-            detail = str(response.json().get("detail", ""))
-            code = response.json().get("code")
-        except ValueError:
-            detail, code = response.text[:200], None
-        message = f"{path} answered {status}: {detail}"
-        if code == "lease_lost":
-            raise LeaseLost(detail)
-        if status == 401:
-            raise Unauthorized(message)
-        if status == 403:
-            raise Forbidden(message)
-        if status >= 500:
-            raise Unavailable(message)
-        raise AppError(message)
-
-    @staticmethod
-    def _task_path(img_name: str, action: str) -> str:
-        return f"/v1/worker/tasks/{quote(img_name, safe='')}/{action}"
+            return what()
+        except remote.LeaseLost as exc:
+            raise LeaseLost(exc.detail) from exc
+        except remote.Unauthorized as exc:
+            raise Unauthorized(str(exc)) from exc
+        except remote.Forbidden as exc:
+            raise Forbidden(str(exc)) from exc
+        except (remote.Unavailable, remote.ServerError) as exc:
+            raise Unavailable(str(exc)) from exc
+        except remote.ConnectionFailed as exc:
+            raise Unavailable(f"cannot reach {self.client.http.base_url}: {exc}") from exc
+        except remote.ApiError as exc:
+            raise AppError(str(exc)) from exc
 
     def claim(
         self,
@@ -133,62 +121,52 @@ class RemoteBackend:
         source_types: list[str] | None,
         generators: list[str] | None,
     ) -> Task | None:
-        body: dict[str, Any] = {"worker_id": worker_id}
-        if lease_seconds is not None:
-            body["lease_seconds"] = lease_seconds
-        if source_types:
-            body["source_types"] = source_types
-        if generators:
-            body["generators"] = generators
-        response = self._post("/v1/worker/claim", body)
-        if response.status_code == 204:
+        task = self._call(
+            lambda: self.client.worker.claim(
+                worker_id,
+                lease_seconds=lease_seconds,
+                source_types=source_types,
+                generators=generators,
+            )
+        )
+        if task is None:
             return None
-        data = response.json()
         return Task(
-            img_name=data["img_name"],
-            source_type=data["source_type"],
-            generator=data["generator"],
-            prompt=data["prompt"],
-            params=data["params"],
-            generation=data["generation"],
-            attempt=data["attempt"],
-            lease_token=data["lease_token"],
-            lease_expires_at=datetime.fromisoformat(data["lease_expires_at"]),
+            img_name=task.img_name,
+            source_type=task.source_type,
+            generator=task.generator,
+            prompt=task.prompt,
+            params=task.params,
+            generation=task.generation,
+            attempt=task.attempt,
+            lease_token=task.lease_token,
+            lease_expires_at=task.lease_expires_at,
         )
 
     def heartbeat(self, img_name: str, token: str, progress: float | None) -> Heartbeat:
-        body: dict[str, Any] = {"lease_token": token}
-        if progress is not None:
-            body["progress"] = round(progress, 4)
-        data = self._post(self._task_path(img_name, "heartbeat"), body).json()
+        beat = self._call(lambda: self.client.worker.heartbeat(img_name, token, progress))
         return Heartbeat(
-            lease_expires_at=datetime.fromisoformat(data["lease_expires_at"]),
-            cancel_requested=data["cancel_requested"],
+            lease_expires_at=beat.lease_expires_at, cancel_requested=beat.cancel_requested
         )
 
     def complete(
         self, img_name: str, token: str, video_filename: str, metadata: dict[str, Any]
     ) -> None:
-        body = {"lease_token": token, "video_filename": video_filename, "metadata": metadata}
-        self._post(self._task_path(img_name, "complete"), body)
+        self._call(lambda: self.client.worker.complete(img_name, token, video_filename, metadata))
 
     def fail(self, img_name: str, token: str, code: str, message: str, retryable: bool) -> None:
-        body = {
-            "lease_token": token,
-            "error_code": code,
-            "error_message": message[:2000],
-            "retryable": retryable,
-        }
-        self._post(self._task_path(img_name, "fail"), body)
+        self._call(
+            lambda: self.client.worker.fail(img_name, token, code, message, retryable=retryable)
+        )
 
     def cancelled(self, img_name: str, token: str) -> None:
-        self._post(self._task_path(img_name, "cancelled"), {"lease_token": token})
+        self._call(lambda: self.client.worker.cancelled(img_name, token))
 
     def release(self, img_name: str, token: str) -> None:
-        self._post(self._task_path(img_name, "release"), {"lease_token": token})
+        self._call(lambda: self.client.worker.release(img_name, token))
 
     def reap(self) -> int:
         return 0  # the server's own reaper recovers expired leases
 
     def close(self) -> None:
-        self.http.close()
+        self.client.close()
