@@ -223,3 +223,132 @@ def test_every_data_command_prints_json_with_json(
     [key] = lines(["keys", "list"])
     assert (key["name"], key["role"], key["revoked_at"]) == ("ops", "admin", None)
     assert "secret" not in key and "hash" not in json.dumps(key)
+
+
+def _commands() -> list[tuple[list[str], list[str]]]:
+    """Every command of the CLI tree: its path, and its required arguments."""
+    import typer
+
+    from app.cli.base import cli
+
+    found: list[tuple[list[str], list[str]]] = []
+
+    def walk(command: Any, path: list[str]) -> None:
+        subs = getattr(command, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                walk(sub, [*path, name])
+            return
+        required = [p.name for p in command.params if p.param_type_name == "argument"]
+        found.append((path, required))
+
+    walk(typer.main.get_command(cli), [])
+    return found
+
+
+COMMANDS = _commands()
+
+
+@pytest.mark.parametrize(("path", "required"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+def test_every_command_answers_a_usage_error_with_the_usage_and_exit_2(
+    cli_db: str, capsys: pytest.CaptureFixture[str], path: list[str], required: list[str]
+) -> None:
+    assert main([*path, "--no-such-option"]) == 2
+    shown = capsys.readouterr()
+    assert "No such option" in shown.err and "Usage:" in shown.err
+    assert "Traceback" not in shown.err + shown.out
+    assert len([line for line in shown.err.splitlines() if "Error" in line]) == 1
+    if required:
+        assert main(path) == 2  # its argument left out
+        shown = capsys.readouterr()
+        assert "Missing argument" in shown.err and "Usage:" in shown.err
+        assert "Traceback" not in shown.err + shown.out
+
+
+def _json_tool(stdout: str, lines: bool) -> None:
+    args = [sys.executable, "-m", "json.tool", *(["--json-lines"] if lines else [])]
+    done = subprocess.run(args, input=stdout, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, (stdout, done.stderr)
+
+
+def test_every_data_command_s_json_goes_through_json_tool(
+    cli_db: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VIDLEDGER_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")
+    db = open_database(cli_db, pool_size=1)
+    try:
+        for name in ("a.png", "b.png"):
+            VideoService(db).request_video(name, "scene", Actor("app"))
+    finally:
+        db.dispose()
+    exported = tmp_path / "log.jsonl"
+    single = [
+        ["status", "a.png"],
+        ["db", "current"],
+        ["keys", "create", "ops", "--role", "admin"],
+        ["keys", "revoke", "ops"],
+        ["projections", "verify"],
+        ["projections", "rebuild"],
+        ["events", "export", str(exported)],
+        ["events", "import", str(exported)],
+        ["webhooks", "add", "http://127.0.0.1:9/in"],
+    ]
+    listed = [
+        ["history", "a.png"],
+        ["keys", "list"],
+        ["projections", "status"],
+        ["generators", "list"],
+        ["events", "tail"],
+        ["webhooks", "list"],
+    ]
+    for argv, lines in [*((a, False) for a in single), *((a, True) for a in listed)]:
+        code = main([*argv, "--json"])
+        shown = capsys.readouterr()
+        assert code == 0, (argv, shown.err)
+        assert shown.out.strip(), argv
+        if not lines:
+            assert len(shown.out.strip().splitlines()) == 1, (argv, shown.out)
+        _json_tool(shown.out, lines)
+
+
+def test_events_tail_shows_the_last_events_oldest_first(
+    cli_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = open_database(cli_db, pool_size=1)
+    try:
+        for i in range(5):
+            VideoService(db).request_video(f"img{i}.png", "scene", Actor("app"))
+    finally:
+        db.dispose()
+    assert main(["events", "tail", "--limit", "2", "--json"]) == 0
+    tail = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["img_name"] for e in tail] == ["img3.png", "img4.png"]
+    assert main(["events", "tail", "--img", "img1.png"]) == 0
+    table = capsys.readouterr().out
+    assert "img1.png" in table and "img2.png" not in table
+
+
+def test_events_tail_follows_new_events(cli_db: str) -> None:
+    env = {**os.environ, "VIDLEDGER_DATABASE_URL": cli_db}
+    with subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "events", "tail", "--follow", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as follower:
+        try:
+            db = open_database(cli_db, pool_size=1)
+            try:
+                VideoService(db).request_video("late.png", "scene", Actor("app"))
+            finally:
+                db.dispose()
+            assert follower.stdout is not None
+            line = follower.stdout.readline()  # blocks until the follower prints it
+            assert json.loads(line)["img_name"] == "late.png"
+        finally:
+            follower.terminate()
+            follower.wait(10)

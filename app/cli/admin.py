@@ -46,9 +46,13 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="target, e.g. base
 
 
 @db_cli.command("current")
-def db_current() -> None:
+def db_current(as_json: JsonFlag = False) -> None:
     """Print the schema's revision."""
-    out.print(migrate.current_revision(ctx().settings.database_url) or "(empty)")
+    current = migrate.current_revision(ctx().settings.database_url)
+    if as_json:
+        print_json({"revision": current, "head": migrate.head_revision()})
+        return
+    out.print(current or "(empty)")
 
 
 # --- keys ---------------------------------------------------------------------
@@ -58,10 +62,14 @@ def db_current() -> None:
 def keys_create(
     name: Annotated[str, typer.Argument(help="who the key is for; recorded as the actor")],
     role: Annotated[Role, typer.Option(help="read, write, worker or admin")] = Role.READ,
+    as_json: JsonFlag = False,
 ) -> None:
     """Create a key. Prints only the secret, once; it is stored hashed."""
     secret = key_store.create_key(ctx().db, name, role, utcnow())
-    print(secret)
+    if as_json:
+        print_json({"name": name, "role": role.value, "secret": secret})
+    else:
+        print(secret)
     err.print(f"created key {name!r} with role {role.value}; keep the secret, it is not stored")
 
 
@@ -79,7 +87,9 @@ def keys_list(as_json: JsonFlag = False) -> None:
 
 
 @keys_cli.command("revoke")
-def keys_revoke(name: str) -> None:
+def keys_revoke(name: str, as_json: JsonFlag = False) -> None:
     """Revoke a key; requests with it are refused at once."""
     key_store.revoke_key(ctx().db, name, utcnow())
+    if as_json:
+        print_json({"name": name, "revoked": True})
     err.print(f"revoked key {name!r}")

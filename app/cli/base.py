@@ -42,7 +42,7 @@ def _plain(value: Any) -> Any:
         return rfc3339(value)
     if isinstance(value, Enum):
         return value.value
-    raise TypeError(f"cannot print {type(value).__name__} as JSON")
+    return str(value)  # a UUID, a path: as text
 
 
 def new_table(*headers: str, show_header: bool = True) -> Table:

@@ -1,4 +1,5 @@
-"""`vidledger events export|import`: move the event log between databases.
+"""`vidledger events tail|export|import`: read the event log's end (and
+follow it), or move the log between databases.
 
 Export, then import into another database (say SQLite to PostgreSQL): the
 import appends the events, rebuilds the status projection and verifies it.
@@ -7,18 +8,26 @@ import appends the events, rebuilds the status projection and verifies it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress, TaskID
 
 from app import export_format, transfer
-from app.cli.base import cli, ctx, err
-from app.cli.projections import event_progress, run_rebuild, verify_cmd
+from app.api.views import event_body
+from app.cli.base import JsonFlag, cli, ctx, err, new_table, out, print_json
+from app.cli.projections import event_progress, run_rebuild, run_verify, verify_json
+from app.cli.remote import ApiKeyOption, UrlOption, client
+from app.events.store import FeedFilter
+from app.lifecycle import EventType
 from app.service import utcnow
 from app.service.queries import VideoQueries
+
+#: How often `events tail --follow` reads the local database for more.
+FOLLOW_POLL_SECONDS = 0.5
 
 events_cli = typer.Typer(
     help="The event log as JSON Lines: export it, import it into another database.",
@@ -36,11 +45,93 @@ def _advancer(bar: Progress, task: TaskID) -> Callable[[int], None]:
     return advance
 
 
+@events_cli.command("tail")
+def tail_cmd(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="events to show first")] = 20,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="then print new events as they come")
+    ] = False,
+    img: Annotated[str | None, typer.Option(help="only this image's events")] = None,
+    source_type: Annotated[str | None, typer.Option(help="only this source type")] = None,
+    event_type: Annotated[EventType | None, typer.Option(help="only this event type")] = None,
+    as_json: JsonFlag = False,
+    url: UrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """The last events of the log, oldest first; with --follow, then every new one."""
+    kind = event_type.value if event_type is not None else None
+    if url is not None:
+        events = _remote_tail(url, api_key, limit, follow, img, source_type, kind)
+    else:
+        events = _local_tail(limit, follow, FeedFilter(img, source_type, kind))
+    if as_json:
+        for body in events:
+            print_json(body)
+            sys.stdout.flush()
+        return
+    _print_events(events, flush_each=follow)
+
+
+def _local_tail(limit: int, follow: bool, filters: FeedFilter) -> Iterator[dict[str, Any]]:
+    queries = VideoQueries(ctx().db)
+    page = queries.events(after=None, limit=limit, filters=filters, tail=True)
+    yield from map(event_body, page.items)
+    cursor = page.next_cursor
+    while follow:
+        page = queries.events(after=cursor, limit=1000, filters=filters)
+        yield from map(event_body, page.items)
+        cursor = page.next_cursor
+        if not page.items:
+            time.sleep(FOLLOW_POLL_SECONDS)
+
+
+def _remote_tail(
+    url: str,
+    api_key: str | None,
+    limit: int,
+    follow: bool,
+    img: str | None,
+    source_type: str | None,
+    event_type: str | None,
+) -> Iterator[dict[str, Any]]:
+    with client(url, api_key) as remote:
+        last = remote.events.tail(
+            limit, img_name=img, source_type=source_type, event_type=event_type
+        )
+        yield from (e.model_dump(mode="json") for e in last)
+        if follow:
+            after = last[-1].cursor if last else None
+            live = remote.events.stream(
+                after=after, img_name=img, source_type=source_type, event_type=event_type
+            )
+            yield from (e.model_dump(mode="json") for e in live)
+
+
+def _print_events(events: Iterable[dict[str, Any]], *, flush_each: bool) -> None:
+    headers = ("when", "image", "event", "from → to", "actor")
+
+    def row(e: dict[str, Any]) -> tuple[str, ...]:
+        move = f"{e['from_status']} → {e['to_status']}"
+        return (e["occurred_at"], e["img_name"], e["event_type"], move, e["actor"])
+
+    if not flush_each:
+        table = new_table(*headers)
+        for e in events:
+            table.add_row(*row(e))
+        out.print(table)
+        return
+    for e in events:  # following: a line per event as it comes, no table to wait for
+        out.print("  ".join(row(e)), soft_wrap=True, highlight=False)
+
+
 @events_cli.command("export")
 def export_cmd(
     file: Annotated[str, typer.Argument(help="the .jsonl file to write, or - for stdout")],
+    as_json: JsonFlag = False,
 ) -> None:
     """Write every event, in global order, one JSON object per line (after a header)."""
+    if as_json and file == "-":
+        raise typer.BadParameter("--json prints a summary on stdout: give a file, not -")
     db = ctx().db
     queries = VideoQueries(db)
     total = queries.event_count()
@@ -51,6 +142,8 @@ def export_cmd(
         bar.update(task, completed=written)
     err.print(f"exported {written} events to {'stdout' if file == '-' else file}")
     processing = queries.stats(utcnow())["processing"]
+    if as_json:
+        print_json({"exported": written, "file": file, "processing": processing})
     if processing:
         err.print(
             f"[yellow]warning[/yellow]: {processing} image(s) processing. Leases do not "
@@ -63,6 +156,7 @@ def export_cmd(
 def import_cmd(
     file: Annotated[Path, typer.Argument(help="a .jsonl file written by 'events export'")],
     batch: Annotated[int, typer.Option(min=100, max=5000, help="events per transaction")] = 1000,
+    as_json: JsonFlag = False,
 ) -> int:
     """Append the file's events, then rebuild the projection and verify it.
 
@@ -89,4 +183,9 @@ def import_cmd(
             raise
     err.print(f"imported {report.imported} events; skipped {report.skipped} already present")
     run_rebuild(db, batch)
-    return verify_cmd(batch=batch)
+    verified = run_verify(db, batch)
+    if as_json:
+        print_json(
+            {"imported": report.imported, "skipped": report.skipped, **verify_json(verified)}
+        )
+    return 0 if verified.ok else 1

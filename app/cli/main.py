@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 
 import typer
+from vidledger_client import VidLedgerError
 
 from app.cli import admin, events, generators, projections, reading, serve, webhooks  # noqa: F401  # registers the commands
 from app.cli.base import cli, enter, err, leave
@@ -33,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except AppError as exc:
         err.print(f"error: {exc.detail}")
+        return 1
+    except VidLedgerError as exc:  # a command run against a server with --url
+        err.print(f"error: {exc}", markup=False)
         return 1
     except typer.Exit as exc:
         return exc.exit_code

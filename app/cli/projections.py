@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import (
@@ -91,22 +91,50 @@ def status_cmd(as_json: JsonFlag = False) -> None:
 
 
 @projections_cli.command("verify")
-def verify_cmd(batch: Annotated[int, typer.Option(min=100, max=100_000)] = 5000) -> int:
+def verify_cmd(
+    batch: Annotated[int, typer.Option(min=100, max=100_000)] = 5000, as_json: JsonFlag = False
+) -> int:
     """Fold the whole log and diff it against the table; exit 1 on drift."""
-    db = ctx().db
+    report = run_verify(ctx().db, batch)
+    if as_json:
+        print_json(verify_json(report))
+    else:
+        for diff in report.differences:
+            out.print(f"[red]DRIFT[/red] {diff.img_name}")
+            for column, (expected, actual) in diff.columns.items():
+                out.print(f"    {column}: log says {expected!r}, table has {actual!r}")
+    return 0 if report.ok else 1
+
+
+def run_verify(db: Database, batch: int) -> verifier.VerifyReport:
+    """Verify with a progress bar, and say the outcome on stderr."""
     total = _count_events(db)
     with event_progress(total, "verify") as bar:
         task = bar.add_task("verify", total=total, rate="")
         report = verifier.verify(db, batch=batch, on_events=lambda n: bar.advance(task, n))
-    for diff in report.differences:
-        out.print(f"[red]DRIFT[/red] {diff.img_name}")
-        for column, (expected, actual) in diff.columns.items():
-            out.print(f"    {column}: log says {expected!r}, table has {actual!r}")
     if report.ok:
         err.print(f"ok: {report.checked} images, {report.events} events, no drift")
-        return 0
-    err.print(f"drift: {len(report.differences)} of {report.checked} images differ from the log")
-    return 1
+    else:
+        err.print(
+            f"drift: {len(report.differences)} of {report.checked} images differ from the log"
+        )
+    return report
+
+
+def verify_json(report: verifier.VerifyReport) -> dict[str, Any]:
+    differences = [
+        {
+            "img_name": diff.img_name,
+            "columns": {c: {"log": e, "table": a} for c, (e, a) in diff.columns.items()},
+        }
+        for diff in report.differences
+    ]
+    return {
+        "ok": report.ok,
+        "checked": report.checked,
+        "events": report.events,
+        "differences": differences,
+    }
 
 
 @projections_cli.command("rebuild")
@@ -116,6 +144,16 @@ def rebuild_cmd(
         int | None,
         typer.Option(min=1, max=32, help="replay processes (PostgreSQL); default: cores"),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Rebuild the table from the log online (blue/green), then record its version."""
-    run_rebuild(ctx().db, batch, parallel)
+    report = run_rebuild(ctx().db, batch, parallel)
+    if as_json:
+        print_json(
+            {
+                "rows": report.rows,
+                "events": report.events,
+                "seconds": round(report.seconds, 3),
+                "swap_seconds": round(report.swap_seconds, 6),
+            }
+        )

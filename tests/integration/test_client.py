@@ -7,6 +7,10 @@ through the client themselves, so each step of a video's life is theirs.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -344,3 +348,50 @@ def test_the_async_client_has_the_same_surface(
         "VideoProcessingStarted",
         "VideoCompleted",
     ]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDLEDGER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cwd,  # no local database here: everything comes from the server
+    )
+
+
+def test_the_cli_reads_a_remote_server_through_the_client(
+    client: vl.VidLedger, server: Server, tmp_path: Path, database: Database
+) -> None:
+    client.videos.request("cat.png", "scene", prompt="zoom")
+    _make_video(client, tmp_path / "videos", "cat.png")
+    key = create_key(database, "ops", Role.READ, utcnow())
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+
+    status = _cli("status", "cat.png", "--url", server.url, "--api-key", key, "--json", cwd=here)
+    assert status.returncode == 0, status.stderr
+    body = json.loads(status.stdout)
+    assert (body["video_status"], body["prompt"], body["version"]) == ("completed", "zoom", 3)
+    table = _cli("status", "cat.png", "--url", server.url, "--api-key", key, cwd=here)
+    assert "completed" in table.stdout
+
+    history = _cli("history", "cat.png", "--url", server.url, "--api-key", key, "--json", cwd=here)
+    assert [json.loads(line)["to_status"] for line in history.stdout.splitlines()] == [
+        "pending",
+        "processing",
+        "completed",
+    ]
+    tail = _cli("events", "tail", "--limit", "1", "--url", server.url, "--api-key", key, cwd=here)
+    assert tail.returncode == 0 and "VideoCompleted" in tail.stdout, tail.stderr
+    assert not (here / "var").exists()  # no local database was made
+
+    refused = _cli("status", "cat.png", "--url", server.url, "--api-key", "vl_bad", cwd=here)
+    assert refused.returncode == 1 and "unauthorized" in refused.stderr
+    nobody = f"http://127.0.0.1:{free_port()}"
+    unreachable = _cli("status", "cat.png", "--url", nobody, cwd=here)
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.startswith("error: ") and "Traceback" not in unreachable.stderr
+    assert len(unreachable.stderr.strip().splitlines()) == 1

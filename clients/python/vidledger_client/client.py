@@ -39,6 +39,8 @@ from vidledger_client.models import (
 from vidledger_client.webhooks import verify
 
 T = TypeVar("T")
+#: (`Events.list` shadows the builtin inside its class.)
+EventList = list[Event]
 
 #: Longest wait for a byte of the event stream before reconnecting (the
 #: server sends a keep-alive comment every 15 s).
@@ -311,6 +313,28 @@ class Events(_Resource):
             yield from items
             if len(items) < page_size:
                 return
+
+    def tail(
+        self,
+        limit: int = 20,
+        *,
+        img_name: str | None = None,
+        source_type: str | None = None,
+        event_type: str | None = None,
+    ) -> EventList:
+        """The last `limit` events (1–1000), oldest first. To follow on, pass
+        the last one's `.cursor` to `stream(after=…)` with the same filters."""
+        items, _ = self._c.run(
+            calls.list_events(
+                None,
+                img_name=img_name,
+                source_type=source_type,
+                event_type=event_type,
+                page_size=limit,
+                tail=True,
+            )
+        )
+        return items
 
     def stream(
         self,
