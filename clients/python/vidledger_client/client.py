@@ -322,7 +322,7 @@ class Events(_Resource):
         source_type: str | None = None,
         event_type: str | None = None,
     ) -> EventList:
-        """The last `limit` events (1–1000), oldest first. To follow on, pass
+        """The last `limit` events (1 to 1000), oldest first. To follow on, pass
         the last one's `.cursor` to `stream(after=…)` with the same filters."""
         items, _ = self._c.run(
             calls.list_events(
