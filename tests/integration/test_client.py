@@ -115,9 +115,23 @@ def test_a_video_s_life_through_the_client(
         client.videos.delete("dog1.png")  # pending: nothing to delete yet
     assert client.videos.delete("cat.png").video_status == "none"
 
+    # A worker hands a task back untouched, and acknowledges a cancel.
+    task = client.worker.claim("w2", lease_seconds=30)
+    assert task is not None and task.img_name == "dog1.png"
+    client.worker.release(task.img_name, task.lease_token)
+    assert client.videos.get("dog1.png").video_status == "pending"
+    task = client.worker.claim("w2")
+    assert task is not None
+    assert client.videos.cancel(task.img_name).cancel_requested is True
+    assert client.worker.heartbeat(task.img_name, task.lease_token).cancel_requested is True
+    client.worker.cancelled(task.img_name, task.lease_token)
+    assert client.videos.get(task.img_name).video_status == "cancelled"
+    last = client.events.tail(2)
+    assert [e.event_type for e in last] == ["VideoCancelRequested", "VideoCancelled"]
+
     gens = client.generators.list()
     assert [(g.name, g.default) for g in gens] == [("kenburns", True)]
-    assert client.stats().by_status["pending"] == 3
+    assert client.stats().by_status["pending"] == 2
     assert client.me().role == "admin"  # open on loopback: no key exists
 
 
@@ -292,10 +306,14 @@ def test_webhook_endpoints_and_verified_deliveries(
     assert client.webhooks.replay_delivery(delivery.id).status == "pending"
     wait_for(lambda: len(receiver.received) == 2, 30, "the replay")
 
+    assert client.webhooks.replay(endpoint.id, after=message.event.cursor) == 0  # none after it
+    assert client.webhooks.replay(endpoint.id, since="2020-01-01T00:00:00Z") == 1
+    wait_for(lambda: len(receiver.received) == 3, 30, "the replay of all since then")
+
     new_secret = client.webhooks.rotate_secret(endpoint.id)
     client.webhooks.send_test(endpoint.id)
-    wait_for(lambda: len(receiver.received) == 3, 30, "the test message")
-    test = receiver.received[2]
+    wait_for(lambda: len(receiver.received) == 4, 30, "the test message")
+    test = receiver.received[3]
     for secret in (endpoint.secret, new_secret):  # both live: both verify
         assert client.webhooks.verify(test.body, test.headers, secret).type == "webhook.test"
     assert client.webhooks.update(endpoint.id, state="disabled").state == "disabled"
