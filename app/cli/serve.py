@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -22,34 +23,49 @@ def serve(
         list[str] | None,
         typer.Option(help="the in-process worker runs only these generators (repeatable)"),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64, help="API processes on the one port; default: the number of cores"
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API, with the worker in-process unless --no-worker."""
     import uvicorn
 
     from app.api import create_app
     from app.api.app import is_loopback
+    from app.cli.multiprocess import ChildPlan, serve_processes
+    from app.cli.multiprocess import bind as listen
 
     settings = ctx().settings
-    bind = host or settings.host
+    address = host or settings.host
     db = ctx().db  # checks that the schema is current
     bootstrap.rebuild_if_stale(db, run=announced_rebuild)
-    if not is_loopback(bind) and not key_store.has_any_key(db):
+    if not is_loopback(address) and not key_store.has_any_key(db):
         raise ConfigError(
-            f"refusing to listen on {bind} with no API keys: create one with "
+            f"refusing to listen on {address} with no API keys: create one with "
             "'vidledger keys create NAME --role admin', or listen on 127.0.0.1"
         )
     if worker:
         settings.images_dir.mkdir(parents=True, exist_ok=True)
         log.info("in-process worker on; put images in %s", settings.images_dir.resolve())
+    count = workers or os.cpu_count() or 1
+    if count > 1:
+        sock = listen(address, port or settings.port)
+        ctx().close()  # the children open their own
+        plan = ChildPlan(host=address, worker=worker, generators=generator)
+        serve_processes(count, sock, plan, grace=settings.shutdown_grace_seconds)
+        return
     app = create_app(
         settings,
-        host=bind,
+        host=address,
         run_worker=worker,
         run_reaper=True,
         worker_generators=generator,
         run_dispatcher=True,
     )
-    uvicorn.run(app, host=bind, port=port or settings.port, log_config=None)
+    uvicorn.run(app, host=address, port=port or settings.port, log_config=None)
 
 
 @cli.command("worker")

@@ -110,11 +110,19 @@ class Server(CliProcess):
     """`vidledger serve` on a port of its own."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, *, port: int | None = None, worker: bool = True
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        port: int | None = None,
+        worker: bool = True,
+        workers: int = 1,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["serve", "--port", str(self.port), "--worker" if worker else "--no-worker"]
+        # One API process unless asked: a test that kills `serve` kills all of it.
+        args += ["--workers", str(workers)]
         super().__init__(args, env, log_path)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
@@ -136,9 +144,11 @@ class Processes:
         self.env = env
         self.started: list[CliProcess] = []
 
-    def server(self, name: str, *, worker: bool = True, wait: bool = True) -> Server:
+    def server(
+        self, name: str, *, worker: bool = True, wait: bool = True, workers: int = 1
+    ) -> Server:
         """Start `serve`; with `wait`, return once it answers (else call `wait_healthy`)."""
-        server = Server(self.env, self.tmp / "logs" / f"{name}.log", worker=worker)
+        server = Server(self.env, self.tmp / "logs" / f"{name}.log", worker=worker, workers=workers)
         self.started.append(server)
         if wait:
             server.wait_healthy()
