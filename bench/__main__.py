@@ -5,7 +5,17 @@ from __future__ import annotations
 import logging
 import sys
 
-from bench import cog_model, generation, http_api, peer, rebuild, scale, webhooks, writes
+from bench import (
+    cog_model,
+    generation,
+    http_api,
+    peer,
+    processes,
+    rebuild,
+    scale,
+    webhooks,
+    writes,
+)
 from bench.report import Report
 
 SUITES = {
@@ -15,6 +25,7 @@ SUITES = {
     "cog": cog_model.run,
     "webhooks": webhooks.run,
     "http": http_api.run,
+    "processes": processes.run,
     "scale": scale.run,
     "peer": peer.run,
 }
