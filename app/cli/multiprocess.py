@@ -79,7 +79,14 @@ def serve_processes(count: int, sock: socket.socket, plan: ChildPlan, grace: flo
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     children = [start(i) for i in range(count)]
-    log.info("serving with %d API processes; the background duties run in process 0", count)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log.info(
+        "serving on http://%s:%d with %d API processes; the background duties run in process 0",
+        shown,
+        port,
+        count,
+    )
     try:
         while not stop.wait(WATCH_SECONDS):
             for index, child in enumerate(children):
