@@ -1,7 +1,7 @@
 """Wake-ups for live feed readers: "the log may have grown, read it again".
 
 `FeedSignal` is a thread-safe broadcaster. Writers (the service's
-`on_append` hook, the PostgreSQL LISTEN thread) call `notify()` from any
+`on_append` hook, the PostgreSQL wake probe) call `notify()` from any
 thread; each stream reader holds a `FeedSubscription` and awaits it on its
 own event loop. A wake-up carries no data: readers always go back to the
 database, which alone knows what is visible (`Backend.feed_visible`).

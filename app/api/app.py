@@ -91,7 +91,7 @@ def create_app(
         stop = threading.Event()
 
         # Appends by other processes reach live feed readers through
-        # LISTEN/NOTIFY (PostgreSQL only; on SQLite they wait for the idle poll).
+        # the wake probe (PostgreSQL only; on SQLite they wait for the idle poll).
         def on_notify(_: str) -> None:
             feed_signal.notify()
             dispatch_wake.set()

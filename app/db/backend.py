@@ -216,9 +216,10 @@ class Backend(Protocol):
     def start_listener(
         self, url: str, on_notify: Callable[[str], None], stop: threading.Event
     ) -> threading.Thread | None:
-        """Call `on_notify(to_status)` when another process appends, until
-        `stop` is set; None where the database cannot tell (then in-process
-        hooks and polls are all there is)."""
+        """Call `on_notify(to_status)` when another process appends (or `""`
+        when the status is not known: wake anyway), until `stop` is set; None
+        where the database cannot tell (then in-process hooks and polls are
+        all there is)."""
         ...
 
     # --- failures -----------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Composition of a worker from settings: embedded in `serve`, or standalone.
 
 This is where the loop, its backend, its generator and its wake-ups
-(LISTEN/NOTIFY on PostgreSQL, the service's append hook in-process) are
+(a wake probe on PostgreSQL, the service's append hook in-process) are
 put together.
 """
 

@@ -260,7 +260,7 @@ def test_on_postgresql_appends_by_other_processes_wake_the_stream(
     server: Server, db_url: str, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not db_url.startswith("postgresql"):
-        pytest.skip("SQLite has no LISTEN/NOTIFY: other processes' appends wait for the poll")
+        pytest.skip("SQLite has no wake probe: other processes' appends wait for the poll")
     monkeypatch.setattr(stream, "IDLE_POLL_SECONDS", 3600.0)
     deadline = time.monotonic() + DEADLINE_SECONDS
     # Not the app's service: its on_append hook never hears of these appends.

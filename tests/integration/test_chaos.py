@@ -450,10 +450,10 @@ def own_cluster() -> Iterator[Cluster]:
 
 
 def listeners(db: Database) -> int:
-    """Connections waiting on LISTEN (the feed's and each worker's)."""
+    """Connections probing for other processes' appends (the feed's and each worker's)."""
     with db.read() as conn:
         found = conn.exec_driver_sql(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vidledger-wake'"
         ).scalar()
     return int(found or 0)
 
@@ -473,7 +473,7 @@ def test_a_database_restart_and_outage_under_load_answer_503_and_recover(
         server = procs.server("serve")  # with its in-process worker
         worker = procs.worker("standalone")
         # The feed's and the in-process worker's listeners, and the standalone one's.
-        wait_for(lambda: listeners(db) == 3, 30, "three LISTEN connections")
+        wait_for(lambda: listeners(db) == 3, 30, "three wake-probe connections")
         follower = Follower(server.url)
         with Load(server.url, images) as load:
             wait_for(lambda: load.count("request") >= 20, 60, "load accepted")
@@ -508,9 +508,9 @@ def test_a_database_restart_and_outage_under_load_answer_503_and_recover(
         assert all(a.code in ("unavailable", "lease_lost") for a in errors), errors[:5]
         outage = [a for a in errors if down <= a.at <= up and a.code == "unavailable"]
         assert len(outage) >= 10
-        # Workers reconnect their LISTEN, and finish all accepted work.
+        # Workers reconnect their wake probes, and finish all accepted work.
         db.dispose()  # this test's own pooled connections died with the server
-        wait_for(lambda: listeners(db) == 3, 30, "LISTEN reconnected")
+        wait_for(lambda: listeners(db) == 3, 30, "wake probes reconnected")
         check_every_accepted_answer_is_logged(db, load)
         check_all_completed_once(db)
         check_projection(db)

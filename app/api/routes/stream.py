@@ -3,8 +3,9 @@
 Each event goes out as `id: <cursor>`, `event: <event_type>`, `data: <Event
 JSON>`, so a client that reconnects with `Last-Event-ID` resumes exactly
 after the last event it saw. Readers sleep on the app's `FeedSignal` (woken
-by local appends and, on PostgreSQL, by LISTEN/NOTIFY) and otherwise read
-the database at most once per `IDLE_POLL_SECONDS`.
+by local appends and, on PostgreSQL, by the probe that notices other
+processes' appends) and otherwise read the database at most once per
+`IDLE_POLL_SECONDS`.
 """
 
 from __future__ import annotations

@@ -301,7 +301,7 @@ class PostgresBackend:
     def start_listener(
         self, url: str, on_notify: Callable[[str], None], stop: threading.Event
     ) -> threading.Thread | None:
-        """LISTEN/NOTIFY: a trigger notifies every append when it commits."""
+        """A probe of the log's end, polled every 0.1 s (see `postgres/notify.py`)."""
         return notify.start_listener(url, on_notify, stop)
 
     # --- failures -----------------------------------------------------------------

@@ -242,7 +242,7 @@ class SqliteBackend:
     def start_listener(
         self, url: str, on_notify: Callable[[str], None], stop: threading.Event
     ) -> threading.Thread | None:
-        return None  # no LISTEN: other processes' appends are found by polling
+        return None  # no probe: other processes' appends are found by the readers' polls
 
     # --- failures -----------------------------------------------------------------
 
