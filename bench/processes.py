@@ -6,29 +6,22 @@ PostgreSQL and wrk on the same cores)."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import httpx
+from contextlib import AbstractContextManager
 
 from bench import dataset, wrk
 from bench.http_api import IMAGES, PROBE, SECONDS, WARMUP_SECONDS
 from bench.pg import scratch_database
 from bench.report import Report, Row
-from bench.servers import ROOT, _free_port
+from bench.servers import _free_port, running
 from bench.wrk import Load
 
 CONNECTIONS = 64
 ROUNDS = 2
 
 
-@contextmanager
-def _serve(url: str, workers: int) -> Iterator[str]:
+def _serve(url: str, workers: int) -> AbstractContextManager[str]:
     """`vidledger serve --no-worker --workers N` on a port of its own."""
     port = _free_port()
     env = {
@@ -38,29 +31,9 @@ def _serve(url: str, workers: int) -> Iterator[str]:
         "VIDLEDGER_LOG_LEVEL": "warning",
     }
     cmd = [sys.executable, "-m", "app.cli", "serve", "--no-worker", "--port", str(port)]
-    proc = subprocess.Popen([*cmd, "--workers", str(workers)], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve --workers {workers} exited with {proc.returncode}")
-            try:
-                if httpx.get(base + PROBE, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve --workers {workers} did not answer within 60 s")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    cmd += ["--workers", str(workers)]
+    what = f"serve --workers {workers}"
+    return running(cmd, env, port, PROBE, what, start_seconds=60, stop_seconds=60)
 
 
 def _reads(base: str) -> Load:

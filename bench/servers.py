@@ -70,26 +70,43 @@ def serve(factory: str, env: dict[str, str], probe: str) -> Iterator[str]:
         str(port),
         *UVICORN_ARGS,
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env})
+    with running(cmd, {**os.environ, **env}, port, probe, factory) as base:
+        yield base
+
+
+@contextmanager
+def running(
+    cmd: list[str],
+    env: dict[str, str],
+    port: int,
+    probe: str,
+    what: str,
+    *,
+    start_seconds: float = 30.0,
+    stop_seconds: float = 10.0,
+) -> Iterator[str]:
+    """Run `cmd` (a server on `port`); yield its base URL once `probe`
+    answers at all, and stop it by its PID (SIGTERM, then SIGKILL) afterwards."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_seconds
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{factory} exited with {proc.returncode} before serving")
+                raise RuntimeError(f"{what} exited with {proc.returncode} before serving")
             try:
                 httpx.get(base + probe, timeout=1)
                 break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{factory} did not answer {probe} within 30 s")
+                raise RuntimeError(f"{what} did not answer {probe} within {start_seconds:g} s")
             time.sleep(0.1)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=stop_seconds)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

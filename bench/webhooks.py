@@ -69,11 +69,6 @@ def _receiver() -> Iterator[str]:
 _stats = httpx.Client(timeout=10)  # one client: a new one per poll costs a TLS context
 
 
-def _received(base: str) -> dict[str, object]:
-    stats: dict[str, object] = _stats.get(f"{base}/stats").json()
-    return stats
-
-
 def _wait_for(base: str, count: int) -> None:
     """Until `count` have arrived: one long poll, no work on this side meanwhile."""
     _stats.get(f"{base}/wait/{count}", timeout=600)

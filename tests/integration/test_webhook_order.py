@@ -4,6 +4,8 @@ databases, through the webhook use cases (no HTTP: outcomes are given)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import update
 
@@ -34,7 +36,7 @@ def _image_history(service: VideoService, img: str) -> None:
 
 
 def _types(claimed: list[Claimed]) -> list[str]:
-    return [c.body.split('"type":"', 1)[1].split('"', 1)[0] for c in claimed]
+    return [json.loads(c.body)["type"] for c in claimed]
 
 
 def test_an_image_s_next_delivery_goes_only_after_the_one_before(

@@ -157,9 +157,10 @@ def list_events(
 
 
 def stream_params(
-    after: str | None, img_name: str | None, source_type: str | None, event_type: str | None
+    img_name: str | None, source_type: str | None, event_type: str | None
 ) -> dict[str, Any]:
-    return {**_filters(img_name, source_type, event_type), **drop_none(after=after)}
+    """The stream's filters (where it resumes goes as `Last-Event-ID`)."""
+    return _filters(img_name, source_type, event_type)
 
 
 def generators() -> Call[list[GeneratorInfo]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -168,9 +168,6 @@ class SseParser:
         elif name == "data":
             self._data.append(value)
         return None
-
-    def feed_all(self, lines: Iterable[str]) -> list[SseEvent]:
-        return [e for e in (self.feed(line) for line in lines) if e is not None]
 
 
 def user_agent() -> str:

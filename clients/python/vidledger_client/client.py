@@ -351,7 +351,7 @@ class Events(_Resource):
         last = after
         failures = 0
         while _deadline is None or time.monotonic() < _deadline:
-            params = calls.stream_params(None, img_name, source_type, event_type)
+            params = calls.stream_params(img_name, source_type, event_type)
             headers = {"Last-Event-ID": last} if last else {}
             read = STREAM_READ_TIMEOUT
             if _deadline is not None:
