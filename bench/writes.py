@@ -5,15 +5,15 @@ psycopg2 doing the same INSERT and upsert in one commit each.
 Both sides run one OS process per connection (no GIL shared between
 connections), and the raw side runs with the project's triggers off
 (`session_replication_role = replica`): its figure is what PostgreSQL does
-with the same rows. `run_threads` and `alternating` remain for the peer
-comparison (`bench/peer.py`)."""
+with the same rows. A side is a function of the database URL that returns
+one request (`raw_side`, `service_side`; the peer's in `bench/peer.py`)."""
 
 from __future__ import annotations
 
 import multiprocessing
-import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -58,75 +58,49 @@ ON CONFLICT (img_name) DO UPDATE SET video_status = excluded.video_status,
 """
 
 
-def run_threads(threads: int, work: object, seconds: float = SECONDS) -> float:
-    """Requests per second over `seconds` with `threads` workers calling work(thread, i)."""
-    stop = time.perf_counter() + seconds
-    counts = [0] * threads
+def raw_side(url: str) -> Callable[[str], None]:
+    """One request the raw way: the INSERT and the upsert in one commit, on
+    psycopg2 with the project's triggers off for the session."""
+    u = make_url(url)
+    conn = psycopg2.connect(f"host={u.host} port={u.port} user={u.username} dbname={u.database}")
+    with conn.cursor() as cur:
+        # The baseline is the rows themselves, at what PostgreSQL can do.
+        cur.execute("SET session_replication_role = replica")
+    conn.commit()
+    data = psycopg2.extras.Json(REQUESTED)
 
-    failures: list[BaseException] = []
+    def once(name: str) -> None:
+        with conn.cursor() as cur:
+            cur.execute(RAW_EVENT, (str(uuid.uuid4()), name, data))
+            position, at = cur.fetchone()  # type: ignore[misc]
+            cur.execute(RAW_UPSERT, (name, at, at, at, position))
+        conn.commit()
 
-    def loop(t: int) -> None:
-        i = 0
-        try:
-            while time.perf_counter() < stop:
-                work(t, i)  # type: ignore[operator]
-                i += 1
-        except BaseException as exc:  # a dead thread would silently undercount
-            failures.append(exc)
-        counts[t] = i
-
-    started = time.perf_counter()
-    pool = [threading.Thread(target=loop, args=(t,)) for t in range(threads)]
-    for p in pool:
-        p.start()
-    for p in pool:
-        p.join()
-    if failures:
-        raise RuntimeError(f"a benchmark thread failed: {failures[0]!r}")
-    return sum(counts) / (time.perf_counter() - started)
+    return once
 
 
-def alternating(threads: int, first: object, second: object) -> tuple[float, float]:
-    """Requests per second of `first` and of `second`, each over SECONDS in
-    SLICES slices, the two alternating: drift in the machine's load lands on
-    both sides of their ratio."""
-    a = b = 0.0
-    for _ in range(SLICES):
-        a += run_threads(threads, first, SECONDS / SLICES) / SLICES
-        b += run_threads(threads, second, SECONDS / SLICES) / SLICES
-    return a, b
+def service_side(url: str) -> Callable[[str], None]:
+    """One request through the service: `request_video` on a pool of one."""
+    svc = VideoService(open_database(url, pool_size=1))
+
+    def once(name: str) -> None:
+        svc.request_video(name, "scene", Actor("bench"))
+
+    return once
 
 
-def _process(side: str, url: str, prefix: str, seconds: float, go: Any, results: Any) -> None:
-    """One connection, one OS process: `side` ("raw" or "service") in a loop
-    for `seconds` after `go` is set; puts (requests, elapsed) on `results`."""
+def _process(
+    side: Callable[[str], Callable[[str], None]],
+    url: str,
+    prefix: str,
+    seconds: float,
+    go: Any,
+    results: Any,
+) -> None:
+    """One connection, one OS process: `side(url)`'s request in a loop for
+    `seconds` after `go` is set; puts (requests, elapsed) on `results`."""
     try:
-        if side == "raw":
-            u = make_url(url)
-            conn = psycopg2.connect(
-                f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
-            )
-            with conn.cursor() as cur:
-                # The project's triggers (the NOTIFY on append) off for this session:
-                # the baseline is the rows themselves, at what PostgreSQL can do.
-                cur.execute("SET session_replication_role = replica")
-            conn.commit()
-            data = psycopg2.extras.Json(REQUESTED)
-
-            def once(name: str) -> None:
-                with conn.cursor() as cur:
-                    cur.execute(RAW_EVENT, (str(uuid.uuid4()), name, data))
-                    position, at = cur.fetchone()  # type: ignore[misc]
-                    cur.execute(RAW_UPSERT, (name, at, at, at, position))
-                conn.commit()
-
-        else:
-            db = open_database(url, pool_size=1)
-            svc = VideoService(db)
-
-            def once(name: str) -> None:
-                svc.request_video(name, "scene", Actor("bench"))
-
+        once = side(url)
         once(f"{prefix}-warm.png")  # connected, statements prepared
         results.put("ready")
         go.wait()
@@ -141,8 +115,15 @@ def _process(side: str, url: str, prefix: str, seconds: float, go: Any, results:
         results.put(exc)
 
 
-def run_processes(processes: int, side: str, url: str, seconds: float, tag: str) -> float:
-    """Requests per second of `processes` OS processes, one connection each."""
+def run_processes(
+    processes: int,
+    side: Callable[[str], Callable[[str], None]],
+    url: str,
+    seconds: float,
+    tag: str,
+) -> float:
+    """Requests per second of `processes` OS processes, one connection each,
+    each running `side` (a module-level function: the processes are spawned)."""
     spawn = multiprocessing.get_context("spawn")
     go, results = spawn.Event(), spawn.Queue()
     pool = [
@@ -180,8 +161,9 @@ def run(report: Report) -> None:
             base = ours = 0.0
             for n in range(SLICES):  # alternating: drift lands on both sides
                 tag = f"{run_id}-{connections}-{n}"
-                base += run_processes(connections, "raw", url, SECONDS / SLICES, f"raw-{tag}")
-                ours += run_processes(connections, "service", url, SECONDS / SLICES, f"svc-{tag}")
+                seconds = SECONDS / SLICES
+                base += run_processes(connections, raw_side, url, seconds, f"raw-{tag}")
+                ours += run_processes(connections, service_side, url, seconds, f"svc-{tag}")
             base, ours = base / SLICES, ours / SLICES
             report.add(
                 Row(

@@ -2,7 +2,8 @@
 
 A write's answer is remembered in the command's own transaction (the
 service stores what `answer_of` makes), so a repeat with the same key and
-body replays it byte for byte, with `Idempotent-Replayed: true`.
+body replays it (the same status and JSON document; PostgreSQL's JSONB
+keeps the document, not its key order), with `Idempotent-Replayed: true`.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ class Backend(Protocol):
         from_inserted: Mapping[str, str],
         *,
         prefix: str,
+        also: Insert | None = None,
     ) -> Statement | None:
         """`insert` … RETURNING and an upsert of one row into `table`, as one
         statement that returns what `insert` returns; None where the
@@ -91,6 +92,9 @@ class Backend(Protocol):
         those in `from_inserted`, which maps a column to the name of a value
         that `insert` returns. On a conflict on `key` every other column is
         updated.
+
+        `also`, another write (with parameter names of its own), runs in the
+        same statement; one more column, `also_rows`, counts the rows it wrote.
         """
         ...
 
@@ -98,6 +102,19 @@ class Backend(Protocol):
         self, conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]
     ) -> None:
         """INSERT … ON CONFLICT (key) DO UPDATE of every other given column."""
+        ...
+
+    def upsert_statement(
+        self,
+        table: Table,
+        values: Mapping[str, Any],
+        key: Sequence[str],
+        *,
+        only_if: ColumnElement[bool] | None = None,
+    ) -> Insert:
+        """INSERT `values` (column name to expression) … ON CONFLICT (key) DO
+        UPDATE of every other column, and only where `only_if` holds of the
+        row already there, if given: a conflict it fails writes nothing."""
         ...
 
     def insert_ignore(self, table: Table) -> Insert:

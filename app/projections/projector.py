@@ -7,14 +7,17 @@ append back with it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, literal_column, select, true
+from sqlalchemy import Connection, and_, bindparam, literal_column, select, true
 
+from app.db import idempotency
 from app.db.backend import Backend, backend_of
 from app.db.statement import Statement
-from app.db.tables import image_status, projection_state
+from app.db.tables import idempotency_keys, image_status, projection_state
 from app.db.unit_of_work import UnitOfWork
 from app.events import store
 from app.events.types import NewEvent, RecordedEvent
@@ -36,6 +39,9 @@ class Current:
     #: can fuse an append with its projection (`Backend.locked_clock`):
     #: the event this command appends is recorded at this time. None elsewhere.
     clock: datetime | None
+    #: The answer kept under the command's Idempotency-Key, as the read saw
+    #: it (None without a key, or none kept).
+    remembered: idempotency.Remembered | None = None
 
     @property
     def version(self) -> int:
@@ -48,8 +54,9 @@ def load(conn: Connection, img_name: str) -> StatusRow | None:
     return row_from_values(found[0]) if found else None
 
 
-def load_current(conn: Connection, img_name: str) -> Current:
-    """Lock the image's status row until commit and read it (one round trip).
+def load_current(conn: Connection, img_name: str, idempotency_key: str | None = None) -> Current:
+    """Lock the image's status row until commit and read it, with the answer
+    kept under `idempotency_key` if one is given (one round trip).
 
     This is the lock order (README, "Design notes"): every command that
     writes anything about an image calls this first, before it touches the
@@ -62,62 +69,80 @@ def load_current(conn: Connection, img_name: str) -> Current:
     On SQLite the write transaction (BEGIN IMMEDIATE) already excludes
     every other writer, and FOR UPDATE compiles to nothing.
     """
-    stmt = _lock_with_clock(backend_of(conn))
-    if stmt is None:
-        found = _LOCK.run(conn, {"img_name": img_name})
-        return Current(img_name, row_from_values(found[0]) if found else None, None)
-    ((*values, clock),) = stmt.run(conn, {"img_name": img_name})
-    # The outer join leaves every column NULL when the image has no row.
-    row = row_from_values(values) if values[0] is not None else None
-    return Current(img_name, row, clock)
+    backend = backend_of(conn)
+    keyed = idempotency_key is not None
+    params: dict[str, str | None] = {"img_name": img_name}
+    if keyed:
+        params["idem_key"] = idempotency_key
+    ((*values,),) = _load_statement(backend, keyed).run(conn, params)
+    # The outer joins leave a row's columns NULL where it has none.
+    row_values, values = values[: len(_ROW_COLUMNS)], values[len(_ROW_COLUMNS) :]
+    row = row_from_values(row_values) if row_values[0] is not None else None
+    clock = values.pop(0) if backend.locked_clock() is not None else None
+    remembered = idempotency.Remembered.of(values) if keyed else None
+    return Current(img_name, row, clock, remembered)
 
 
-_LOCK = Statement(
-    select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name")).with_for_update()
-)
-
-
-@functools.lru_cache(maxsize=4)
-def _lock_with_clock(backend: Backend) -> Statement | None:
-    """The locked row, outer-joined so that a clock comes back for an image
-    without a row too (None where there is no such clock).
+@functools.lru_cache(maxsize=8)
+def _load_statement(backend: Backend, keyed: bool) -> Statement:
+    """The locked row, outer-joined so that one row comes back for an image
+    without a row too; with the database clock (where there is one to read)
+    and, if `keyed`, the answer kept under the key.
 
     The clock is read after the lock was granted (the outer SELECT's
     target list is computed from the joined row), so an event appended by a
     command that queued behind another on this row is recorded after it:
     `recorded_at` follows the stream's versions.
     """
-    clock = backend.locked_clock()
-    if clock is None:
-        return None
     locked = select(*_ROW_COLUMNS).where(image_status.c.img_name == bindparam("img_name"))
-    locked_row = locked.with_for_update().lateral("locked")
-    one = select(literal_column("1").label("one")).subquery("tx")
-    found = one.outerjoin(locked_row, true())
-    return Statement(select(*locked_row.c, clock.label("clock")).select_from(found))
+    locked = locked.with_for_update()
+    clock = backend.locked_clock()
+    # LATERAL is what PostgreSQL needs to lock inside the join; SQLite has none.
+    locked_row = locked.lateral("locked") if clock is not None else locked.subquery("locked")
+    found = select(literal_column("1").label("one")).subquery("tx").outerjoin(locked_row, true())
+    columns: list[Any] = list(locked_row.c)
+    if clock is not None:
+        columns.append(clock.label("clock"))
+    if keyed:
+        kept = idempotency_keys.c
+        on_key = and_(kept.img_name == bindparam("img_name"), kept.key == bindparam("idem_key"))
+        found = found.outerjoin(idempotency_keys, on_key)
+        columns.extend(idempotency.COLUMNS)
+    return Statement(select(*columns).select_from(found))
 
 
-def append(uow: UnitOfWork, current: Current, new: NewEvent) -> StatusRow:
+#: What a command keeps under its Idempotency-Key, made from the row it appends.
+KeepOf = Callable[[StatusRow], idempotency.Keep]
+
+
+def append(
+    uow: UnitOfWork, current: Current, new: NewEvent, keep: KeepOf | None = None
+) -> StatusRow:
     """Append `new` to the stream of `current.img_name`, at `current`'s version,
     and project it; the recorded event joins `uow.appended`. Returns the new row.
+    With `keep`, the answer it makes of the new row is kept under its key too
+    (`idempotency.keep`'s rule: raises `ConcurrencyConflict` where a live one is).
 
     Where the backend fuses an insert with an upsert (and `current` has the
-    clock the event will be recorded at), the event and its row go in one
-    statement: the row is folded first, from the event as it will be
-    recorded, and the statement fills in the one thing only the database
-    knows, the event's position (`last_position`). Otherwise the event is
-    appended, then its folded row upserted. Either way the fold is
+    clock the event will be recorded at), all of it is one statement: the
+    row is folded first, from the event as it will be recorded, and the
+    statement fills in the one thing only the database knows, the event's
+    position (`last_position`). Otherwise the event is appended, then its
+    folded row upserted, then the answer kept. Either way the fold is
     `status.apply`. Raises `ConcurrencyConflict` like `store.append`.
     """
-    fused = _append_projected_statement(uow.backend)
+    fused = _append_projected_statement(uow.backend, keep is not None)
     if current.clock is not None and fused is not None:
         pending = store.pending(current.img_name, current.version + 1, new, current.clock)
         row = apply(current.row, pending)
-        event = _append_projected(uow, fused, pending, row)
+        kept = keep(row) if keep is not None else None
+        event = _append_projected(uow, fused, pending, row, kept)
         row.last_position = event.position
     else:
         (event,) = store.append(uow.conn, current.img_name, current.version, [new])
         row = project(uow.conn, current.row, [event])
+        if keep is not None:
+            idempotency.keep(uow.backend, uow.conn, keep(row))
     uow.appended.append(event)
     return row
 
@@ -127,24 +152,33 @@ _ROW_PREFIX = "row_"
 
 
 def _append_projected(
-    uow: UnitOfWork, fused: Statement, event: RecordedEvent, row: StatusRow
+    uow: UnitOfWork,
+    fused: Statement,
+    event: RecordedEvent,
+    row: StatusRow,
+    kept: idempotency.Keep | None,
 ) -> RecordedEvent:
-    """Append `event` (made by `store.pending`) and upsert its folded `row`, in
-    one statement. The row's `last_position` is stored as the position the
-    database gives the event."""
+    """Append `event` (made by `store.pending`) and upsert its folded `row`
+    (and keep `kept`), in one statement. The row's `last_position` is stored
+    as the position the database gives the event."""
     params = store.event_values(event.img_name, event.version, event)
     params["recorded_at"] = event.recorded_at
     for name, value in row.as_values().items():
         params[_ROW_PREFIX + name] = value
+    if kept is not None:
+        params.update(kept.params())
     with store.conflict_on_version(uow.backend, event.img_name, event.version - 1):
-        ((position, recorded_at, tx_id),) = fused.run(uow.conn, params)
+        ((position, recorded_at, tx_id, *also),) = fused.run(uow.conn, params)
+    if kept is not None and also[0] == 0:
+        idempotency.raise_twin(kept)
     return store.recorded(event.img_name, event.version, event, position, recorded_at, tx_id)
 
 
-@functools.lru_cache(maxsize=4)
-def _append_projected_statement(backend: Backend) -> Statement | None:
-    """The event's INSERT and the status upsert as one statement (None where
-    the backend cannot fuse them), built once per backend."""
+@functools.lru_cache(maxsize=8)
+def _append_projected_statement(backend: Backend, keeping: bool) -> Statement | None:
+    """The event's INSERT and the status upsert (and, `keeping`, the guarded
+    write of an answer) as one statement (None where the backend cannot fuse
+    them), built once per backend."""
     return backend.fuse_insert_and_upsert(
         store.append_insert(backend, clock_bound=True),
         image_status,
@@ -152,6 +186,7 @@ def _append_projected_statement(backend: Backend) -> Statement | None:
         "img_name",
         {"last_position": "position"},
         prefix=_ROW_PREFIX,
+        also=idempotency.guarded_write(backend) if keeping else None,
     )
 
 

@@ -22,7 +22,7 @@ from app.errors import ConcurrencyConflict, Unavailable, ValidationFailed
 from app.events.types import FIRST_GENERATOR, Json, NewEvent, RecordedEvent
 from app.lifecycle import EventType, Status
 from app.projections import projector
-from app.projections.projector import Current
+from app.projections.projector import Current, KeepOf
 from app.projections.status import StatusRow
 from app.video_files import VideoFiles
 
@@ -120,8 +120,10 @@ class CommandBase:
         raise Unavailable("too many concurrent writers on this image; try again")
 
     @staticmethod
-    def _append(uow: UnitOfWork, current: Current, new: NewEvent) -> StatusRow:
-        row = projector.append(uow, current, new)
+    def _append(
+        uow: UnitOfWork, current: Current, new: NewEvent, keep: KeepOf | None = None
+    ) -> StatusRow:
+        row = projector.append(uow, current, new, keep)
         recorded = uow.appended[-1]
         log.info(
             "appended %s",

@@ -9,7 +9,7 @@ from app import lifecycle
 from app.db import idempotency, leases
 from app.db.idempotency import Remembered
 from app.db.unit_of_work import UnitOfWork
-from app.errors import IdempotencyKeyReused
+from app.errors import IdempotencyKeyReused, TransitionRefused
 from app.events import types as ev
 from app.events.types import Json
 from app.lifecycle import EventType, Status
@@ -123,44 +123,66 @@ class VideoCommands(CommandBase):
         """
 
         def work(uow: UnitOfWork) -> Outcome:
-            # The row lock first (the lock order), then the replay check: a
-            # twin request with the same key that waited behind this lock
-            # finds the first one's answer.
-            current = projector.load_current(uow.conn, img_name)
-            if idem is not None:
-                replay = self._replay(uow, img_name, idem)
-                if replay is not None:
-                    return replay
+            # The row lock first (the lock order), and with it the answer kept
+            # under the key, if any: one round trip.
+            current = projector.load_current(uow.conn, img_name, idem.key if idem else None)
+            if idem is not None and (replay := self._replay(img_name, idem, current.remembered)):
+                return replay
             row = current.row
-            decision = decide(row)
-            if decision is not None:
-                event_type, data = decision
-                new = self._event(
-                    row,
-                    img_name,
-                    event_type,
-                    data,
-                    actor,
-                    reason=reason,
-                    idempotency_key=idem.key if idem else None,
-                    regenerate=regenerate,
+            try:
+                decision = decide(row)
+                new = (
+                    self._event(
+                        row,
+                        img_name,
+                        decision[0],
+                        decision[1],
+                        actor,
+                        reason=reason,
+                        idempotency_key=idem.key if idem else None,
+                        regenerate=regenerate,
+                    )
+                    if decision is not None
+                    else None
                 )
-                row = self._append(uow, current, new)
-            state = (
-                VideoState(row=row, progress=self._progress(uow, row))
-                if row is not None
-                else VideoState(row=StatusRow(img_name=img_name))
-            )
-            if idem is not None:
-                status, body = idem.answer(state)
+            except TransitionRefused:
+                # A twin with the same key may have committed while this waited
+                # for the row lock, unseen by the read: its answer is the reply.
+                if idem is not None:
+                    found = idempotency.find(uow.conn, img_name, idem.key)
+                    if replay := self._replay(img_name, idem, found):
+                        return replay
+                raise
+            states: dict[int, VideoState] = {}
+
+            def state_of(row: StatusRow) -> VideoState:
+                if row.version not in states:
+                    states[row.version] = VideoState(row=row, progress=self._progress(uow, row))
+                return states[row.version]
+
+            def keep(row: StatusRow) -> idempotency.Keep:
+                assert idem is not None
+                status, body = idem.answer(state_of(row))
                 answer = Remembered(idem.fingerprint, status, body, self.clock())
-                idempotency.remember(uow.backend, uow.conn, img_name, idem.key, answer)
-            return state
+                expired_before = answer.created_at - IDEMPOTENCY_TTL
+                return idempotency.Keep(img_name, idem.key, answer, expired_before)
+
+            if new is not None:
+                row = self._append(uow, current, new, keep if idem is not None else None)
+            if row is None:
+                row = StatusRow(img_name=img_name)
+            if new is None and idem is not None:
+                idempotency.keep(uow.backend, uow.conn, keep(row))
+            return state_of(row)
 
         return self._in_transaction(work)
 
-    def _replay(self, uow: UnitOfWork, img_name: str, idem: Idempotency) -> Replayed | None:
-        found = idempotency.find(uow.conn, img_name, idem.key)
+    def _replay(
+        self, img_name: str, idem: Idempotency, found: Remembered | None
+    ) -> Replayed | None:
+        """The first answer to replay, from what is kept under the key (an
+        expired one is not). Raises `IdempotencyKeyReused` if it was kept for
+        a different request."""
         if found is None or found.created_at < self.clock() - IDEMPOTENCY_TTL:
             return None
         if found.fingerprint != idem.fingerprint:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     cast,
     func,
+    literal_column,
     select,
     text,
     true,
@@ -101,10 +102,11 @@ class PostgresBackend:
         from_inserted: Mapping[str, str],
         *,
         prefix: str,
+        also: Insert | None = None,
     ) -> Statement | None:
-        """A data-modifying WITH: the upsert runs after the insert, in the same
-        statement, and an error in either fails both. It saves the upsert's
-        round trip. The prefix keeps the two rows' parameters apart where
+        """A data-modifying WITH: the upsert (and `also`) run with the insert,
+        in the same statement, and an error in any fails all. It saves their
+        round trips. The prefix keeps the two rows' parameters apart where
         column names meet (`img_name`, `version`)."""
         inserted = insert.cte("inserted")
         values: dict[str, Any] = {}
@@ -118,13 +120,30 @@ class PostgresBackend:
             index_elements=[key],
             set_={name: upsert.excluded[name] for name in columns if name != key},
         )
-        return Statement(select(*inserted.c).add_cte(upsert.cte("upserted")), prepare=True)
+        fused = select(*inserted.c).add_cte(upsert.cte("upserted"))
+        if also is not None:
+            written = also.returning(literal_column("1")).cte("also")
+            counted = select(func.count()).select_from(written).scalar_subquery()
+            fused = fused.add_columns(counted.label("also_rows"))
+        return Statement(fused, prepare=True)
 
     def upsert(
         self, conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]
     ) -> None:
         keys = (key,) if isinstance(key, str) else tuple(key)
-        _upsert_statement(table, tuple(values), keys).run(conn, values)
+        _upsert_statement(self, table, tuple(values), keys).run(conn, values)
+
+    def upsert_statement(
+        self,
+        table: Table,
+        values: Mapping[str, Any],
+        key: Sequence[str],
+        *,
+        only_if: ColumnElement[bool] | None = None,
+    ) -> Insert:
+        stmt = postgresql.insert(table).values(dict(values))
+        updates = {name: stmt.excluded[name] for name in values if name not in key}
+        return stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=only_if)
 
     def insert_ignore(self, table: Table) -> Insert:
         return postgresql.insert(table).on_conflict_do_nothing()
@@ -323,12 +342,11 @@ class PostgresBackend:
 
 
 @functools.lru_cache(maxsize=64)
-def _upsert_statement(table: Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Statement:
+def _upsert_statement(
+    backend: PostgresBackend, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]
+) -> Statement:
     """Built once per shape: constructing it (its `excluded` alias above all)
     costs more than the round trip. `inline()`: nothing reads the generated
     key back, so no implicit RETURNING of it."""
-    stmt = postgresql.insert(table).values({name: bindparam(name) for name in columns}).inline()
-    updates = {name: stmt.excluded[name] for name in columns if name not in keys}
-    return Statement(
-        stmt.on_conflict_do_update(index_elements=list(keys), set_=updates), prepare=True
-    )
+    values: dict[str, Any] = {name: bindparam(name) for name in columns}
+    return Statement(backend.upsert_statement(table, values, keys).inline(), prepare=True)

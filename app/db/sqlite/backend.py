@@ -99,6 +99,7 @@ class SqliteBackend:
         from_inserted: Mapping[str, str],
         *,
         prefix: str,
+        also: Insert | None = None,
     ) -> Statement | None:
         return None  # no data-modifying WITH in SQLite
 
@@ -106,7 +107,19 @@ class SqliteBackend:
         self, conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]
     ) -> None:
         keys = (key,) if isinstance(key, str) else tuple(key)
-        _upsert_statement(table, tuple(values), keys).run(conn, values)
+        _upsert_statement(self, table, tuple(values), keys).run(conn, values)
+
+    def upsert_statement(
+        self,
+        table: Table,
+        values: Mapping[str, Any],
+        key: Sequence[str],
+        *,
+        only_if: ColumnElement[bool] | None = None,
+    ) -> Insert:
+        stmt = sqlite.insert(table).values(dict(values))
+        updates = {name: stmt.excluded[name] for name in values if name not in key}
+        return stmt.on_conflict_do_update(index_elements=list(key), set_=updates, where=only_if)
 
     def insert_ignore(self, table: Table) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
@@ -254,7 +267,8 @@ class SqliteBackend:
 
 
 @functools.lru_cache(maxsize=64)
-def _upsert_statement(table: Table, columns: tuple[str, ...], keys: tuple[str, ...]) -> Statement:
-    stmt = sqlite.insert(table).values({name: bindparam(name) for name in columns}).inline()
-    updates = {name: stmt.excluded[name] for name in columns if name not in keys}
-    return Statement(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates))
+def _upsert_statement(
+    backend: SqliteBackend, table: Table, columns: tuple[str, ...], keys: tuple[str, ...]
+) -> Statement:
+    values: dict[str, Any] = {name: bindparam(name) for name in columns}
+    return Statement(backend.upsert_statement(table, values, keys).inline())
