@@ -1,7 +1,8 @@
 """Plain-JSON shapes of the resources the API answers with, made from domain results.
 
 Idempotent answers are remembered in these shapes and replayed as they
-are, so a replay is byte-for-byte the first answer. The pydantic models in
+are: a replay is the first answer's JSON document (on PostgreSQL, JSONB
+keeps the document but not the order of its keys). The pydantic models in
 `app/api/schemas.py` document the same shapes.
 """
 

@@ -162,6 +162,11 @@ class Backend(Protocol):
         """`column IN (values)`, in the form this database plans best."""
         ...
 
+    def in_bound(self, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+        """`column` is one of the list bound as `name` when the statement runs:
+        one statement text whatever the list's length (for a `Statement`)."""
+        ...
+
     # --- the global feed (no event ever skipped) --------------------------------------
 
     def feed_visible(

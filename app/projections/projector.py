@@ -74,20 +74,21 @@ def load_current(conn: Connection, img_name: str, idempotency_key: str | None = 
     params: dict[str, str | None] = {"img_name": img_name}
     if keyed:
         params["idem_key"] = idempotency_key
-    ((*values,),) = _load_statement(backend, keyed).run(conn, params)
+    statement, clocked = _load_statement(backend, keyed)
+    ((*values,),) = statement.run(conn, params)
     # The outer joins leave a row's columns NULL where it has none.
     row_values, values = values[: len(_ROW_COLUMNS)], values[len(_ROW_COLUMNS) :]
     row = row_from_values(row_values) if row_values[0] is not None else None
-    clock = values.pop(0) if backend.locked_clock() is not None else None
+    clock = values.pop(0) if clocked else None
     remembered = idempotency.Remembered.of(values) if keyed else None
     return Current(img_name, row, clock, remembered)
 
 
 @functools.lru_cache(maxsize=8)
-def _load_statement(backend: Backend, keyed: bool) -> Statement:
+def _load_statement(backend: Backend, keyed: bool) -> tuple[Statement, bool]:
     """The locked row, outer-joined so that one row comes back for an image
-    without a row too; with the database clock (where there is one to read)
-    and, if `keyed`, the answer kept under the key.
+    without a row too; with the database clock (where there is one to read:
+    the second value says) and, if `keyed`, the answer kept under the key.
 
     The clock is read after the lock was granted (the outer SELECT's
     target list is computed from the joined row), so an event appended by a
@@ -108,7 +109,7 @@ def _load_statement(backend: Backend, keyed: bool) -> Statement:
         on_key = and_(kept.img_name == bindparam("img_name"), kept.key == bindparam("idem_key"))
         found = found.outerjoin(idempotency_keys, on_key)
         columns.extend(idempotency.COLUMNS)
-    return Statement(select(*columns).select_from(found))
+    return Statement(select(*columns).select_from(found)), clock is not None
 
 
 #: What a command keeps under its Idempotency-Key, made from the row it appends.

@@ -6,14 +6,16 @@ single-row query; a batch is one query whatever its size.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
-from app.db.backend import backend_of
+from app.db.backend import Backend, backend_of
 from app.db.engine import Database
+from app.db.statement import Statement
 from app.db.tables import events, image_status, leases
 from app.events import store
 from app.events.store import FeedFilter
@@ -35,6 +37,14 @@ _ONE_STATUS = CheckedRead.of(_STATUS_QUERY.where(image_status.c.img_name == bind
 
 
 _WIDTH = len(status_projection.COLUMNS)
+
+
+@functools.lru_cache(maxsize=4)
+def _batch_statement(backend: Backend) -> Statement:
+    """The status of a list of names, bound as one value: one statement text
+    for any length, run on the driver's cursor (a batch of 1,000 spent more
+    in SQLAlchemy's result machinery than in the query)."""
+    return Statement(_STATUS_QUERY.where(backend.in_bound(image_status.c.img_name, "names")))
 
 
 def _state(row: Sequence[Any]) -> VideoState:
@@ -88,10 +98,8 @@ class VideoQueries:
         wanted = list(dict.fromkeys(img_names))
         with self.db.read(replica=True) as conn:
             _check(conn, access)
-            rows = conn.execute(
-                _STATUS_QUERY.where(backend_of(conn).in_list(image_status.c.img_name, wanted))
-            ).all()  # one fetchall, not a fetchone per row
-        found = {r.img_name: _state(r) for r in rows}
+            rows = _batch_statement(backend_of(conn)).run(conn, {"names": wanted})
+        found = {r[0]: _state(r) for r in rows}
         return [found.get(name) or _never_seen(name) for name in img_names]
 
     def list_videos(

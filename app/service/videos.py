@@ -128,15 +128,13 @@ class VideoCommands(CommandBase):
             current = projector.load_current(uow.conn, img_name, idem.key if idem else None)
             if idem is not None and (replay := self._replay(img_name, idem, current.remembered)):
                 return replay
-            row = current.row
             try:
-                decision = decide(row)
+                decision = decide(current.row)
                 new = (
                     self._event(
-                        row,
+                        current.row,
                         img_name,
-                        decision[0],
-                        decision[1],
+                        *decision,
                         actor,
                         reason=reason,
                         idempotency_key=idem.key if idem else None,
@@ -148,32 +146,18 @@ class VideoCommands(CommandBase):
             except TransitionRefused:
                 # A twin with the same key may have committed while this waited
                 # for the row lock, unseen by the read: its answer is the reply.
-                if idem is not None:
-                    found = idempotency.find(uow.conn, img_name, idem.key)
-                    if replay := self._replay(img_name, idem, found):
-                        return replay
+                found = idempotency.find(uow.conn, img_name, idem.key) if idem else None
+                if idem is not None and (replay := self._replay(img_name, idem, found)):
+                    return replay
                 raise
-            states: dict[int, VideoState] = {}
-
-            def state_of(row: StatusRow) -> VideoState:
-                if row.version not in states:
-                    states[row.version] = VideoState(row=row, progress=self._progress(uow, row))
-                return states[row.version]
-
-            def keep(row: StatusRow) -> idempotency.Keep:
-                assert idem is not None
-                status, body = idem.answer(state_of(row))
-                answer = Remembered(idem.fingerprint, status, body, self.clock())
-                expired_before = answer.created_at - IDEMPOTENCY_TTL
-                return idempotency.Keep(img_name, idem.key, answer, expired_before)
-
+            answer = _Answer(self, uow, idem)
+            row = current.row
             if new is not None:
-                row = self._append(uow, current, new, keep if idem is not None else None)
-            if row is None:
-                row = StatusRow(img_name=img_name)
+                row = self._append(uow, current, new, answer.keep if idem else None)
+            row = row or StatusRow(img_name=img_name)
             if new is None and idem is not None:
-                idempotency.keep(uow.backend, uow.conn, keep(row))
-            return state_of(row)
+                idempotency.keep(uow.backend, uow.conn, answer.keep(row))
+            return answer.state(row)
 
         return self._in_transaction(work)
 
@@ -192,8 +176,29 @@ class VideoCommands(CommandBase):
             )
         return Replayed(status=found.status, body=found.body)
 
-    @staticmethod
-    def _progress(uow: UnitOfWork, row: StatusRow) -> float | None:
-        if row.video_status is not Status.PROCESSING:
-            return None
-        return leases.progress(uow.conn, row.img_name)
+
+class _Answer:
+    """What a client command answers with, and keeps under its key: made
+    once per row (a processing row's progress is one more read)."""
+
+    def __init__(self, commands: VideoCommands, uow: UnitOfWork, idem: Idempotency | None) -> None:
+        self.commands, self.uow, self.idem = commands, uow, idem
+        self._states: dict[int, VideoState] = {}
+
+    def state(self, row: StatusRow) -> VideoState:
+        if row.version not in self._states:
+            progress = (
+                leases.progress(self.uow.conn, row.img_name)
+                if row.video_status is Status.PROCESSING
+                else None
+            )
+            self._states[row.version] = VideoState(row=row, progress=progress)
+        return self._states[row.version]
+
+    def keep(self, row: StatusRow) -> idempotency.Keep:
+        """The answer to `row`, as kept under the key (which must be given)."""
+        assert self.idem is not None
+        status, body = self.idem.answer(self.state(row))
+        answer = Remembered(self.idem.fingerprint, status, body, self.commands.clock())
+        expired_before = answer.created_at - IDEMPOTENCY_TTL
+        return idempotency.Keep(row.img_name, self.idem.key, answer, expired_before)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError as PydanticValidationError
 
 from app.api.deps import Queries, Reader, Service, Writer, access, actor, queries_of
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
 from app.api.idempotency import idempotency, respond
+from app.api.json import JSONResponse
 from app.api.paths import IMG
 from app.api.schemas import (
     BatchStatusIn,
@@ -50,9 +50,9 @@ WRITE_ERRORS = responses(401, 403, 409, 413, 422)
 
 
 def _json(body: Any) -> Response:
-    # orjson, and no response model to validate against: the hot reads answer
-    # plain dicts that `app/api/views.py` built and `app/api/schemas.py` documents.
-    return Response(orjson.dumps(body), media_type="application/json")
+    # No response model to validate against: the hot reads answer plain
+    # dicts that `app/api/views.py` built and `app/api/schemas.py` documents.
+    return JSONResponse(body)
 
 
 def _location(img_name: str) -> dict[str, str]:

@@ -214,6 +214,9 @@ class PostgresBackend:
         """`= ANY(array)`: one bound value, however many, and one statement text."""
         return column == any_(cast(list(values), postgresql.ARRAY(column.type)))
 
+    def in_bound(self, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+        return column == any_(cast(bindparam(name), postgresql.ARRAY(column.type)))
+
     # --- the global feed --------------------------------------------------------------
 
     def feed_visible(

@@ -177,6 +177,9 @@ class SqliteBackend:
     def in_list(self, column: ColumnElement[Any], values: Sequence[Any]) -> ColumnElement[bool]:
         return column.in_(values)
 
+    def in_bound(self, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
+        return column.in_(bindparam(name, expanding=True))
+
     # --- the global feed --------------------------------------------------------------
 
     def feed_visible(
