@@ -17,7 +17,17 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, insert, literal_column, select, true, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    Table,
+    bindparam,
+    insert,
+    literal_column,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from app.db.engine import Database
@@ -250,7 +260,9 @@ class CheckedRead:
     open_mode: Statement
 
     @classmethod
-    def of(cls, read: Select[Any]) -> CheckedRead:
+    def of(cls, read: Select[Any], *, lock: tuple[Table, ...] = ()) -> CheckedRead:
+        """With `lock`, the tables of `read` that a rebuild may swap: the three
+        statements are then prepared (see `Statement`)."""
         found = read.subquery("read")
         # One row always: the key's (or NULLs), and the read's (or NULLs).
         one = select(literal_column("1").label("one")).subquery("one")
@@ -261,7 +273,12 @@ class CheckedRead:
         )
         any_key = select(api_keys.c.id).exists().label("any_key")
         open_mode = select(any_key, *found.c).select_from(one.outerjoin(found, true()))
-        return cls(Statement(read), Statement(by_key), Statement(open_mode))
+        prepare = bool(lock)
+        return cls(
+            Statement(read, prepare=prepare, lock=lock),
+            Statement(by_key, prepare=prepare, lock=lock),
+            Statement(open_mode, prepare=prepare, lock=lock),
+        )
 
     def run(
         self, conn: Connection, access: Access | None, params: dict[str, Any]

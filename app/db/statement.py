@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Insert, Select
+from sqlalchemy import Connection, Dialect, Insert, Select, Table
 
 from app.db.backend import backend_of
 
@@ -21,16 +21,25 @@ class Statement:
     """A Core SELECT or INSERT whose every parameter comes from the caller.
 
     `prepare=True` lets a backend prepare it on the server, once per
-    connection: only for statements whose outcome does not depend on their
-    snapshot, such as inserts and upserts (see `app/db/postgres/fast.py`).
-    A read is never prepared.
+    connection: for statements whose outcome does not depend on their
+    snapshot, such as inserts and upserts, or for reads that name in `lock`
+    every table a rebuild may swap (see `app/db/postgres/fast.py`).
     """
 
-    __slots__ = ("compiled", "prepare", "statement")
+    __slots__ = ("compiled", "lock", "prepare", "statement")
 
-    def __init__(self, statement: Select[Any] | Insert, *, prepare: bool = False) -> None:
+    def __init__(
+        self,
+        statement: Select[Any] | Insert,
+        *,
+        prepare: bool = False,
+        lock: tuple[Table, ...] = (),
+    ) -> None:
         self.statement = statement
         self.prepare = prepare
+        #: Tables locked (ACCESS SHARE) before a prepared read runs, in the
+        #: same round trip: its snapshot is then taken after any swap of them.
+        self.lock = lock
         #: Each backend's compiled form, by backend name, made on first use.
         self.compiled: dict[str, Any] = {}
 

@@ -109,7 +109,8 @@ def _load_statement(backend: Backend, keyed: bool) -> tuple[Statement, bool]:
         on_key = and_(kept.img_name == bindparam("img_name"), kept.key == bindparam("idem_key"))
         found = found.outerjoin(idempotency_keys, on_key)
         columns.extend(idempotency.COLUMNS)
-    return Statement(select(*columns).select_from(found)), clock is not None
+    read = select(*columns).select_from(found)
+    return Statement(read, prepare=True, lock=(image_status,)), clock is not None
 
 
 #: What a command keeps under its Idempotency-Key, made from the row it appends.

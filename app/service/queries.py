@@ -33,7 +33,9 @@ _STATUS_QUERY = select(
     leases.c.progress,
 ).select_from(image_status.outerjoin(leases, leases.c.img_name == image_status.c.img_name))
 #: Built once: building the statement per read cost more than executing it.
-_ONE_STATUS = CheckedRead.of(_STATUS_QUERY.where(image_status.c.img_name == bindparam("img_name")))
+_ONE_STATUS = CheckedRead.of(
+    _STATUS_QUERY.where(image_status.c.img_name == bindparam("img_name")), lock=(image_status,)
+)
 
 
 _WIDTH = len(status_projection.COLUMNS)
@@ -44,7 +46,8 @@ def _batch_statement(backend: Backend) -> Statement:
     """The status of a list of names, bound as one value: one statement text
     for any length, run on the driver's cursor (a batch of 1,000 spent more
     in SQLAlchemy's result machinery than in the query)."""
-    return Statement(_STATUS_QUERY.where(backend.in_bound(image_status.c.img_name, "names")))
+    read = _STATUS_QUERY.where(backend.in_bound(image_status.c.img_name, "names"))
+    return Statement(read, prepare=True, lock=(image_status,))
 
 
 def _state(row: Sequence[Any]) -> VideoState:

@@ -166,12 +166,14 @@ def test_a_twin_that_read_before_the_first_committed_replays_its_answer(
 
 
 class _Counting(psycopg2.extensions.cursor):
-    """Counts the statements sent (psycopg2's own BEGIN is not one of them)."""
+    """Counts what is sent, one entry per round trip, named by the SQL
+    commands in it (psycopg2's own BEGIN and COMMIT are not counted)."""
 
     sent: ClassVar[list[str]] = []
 
     def execute(self, query: Any, vars: Any = None) -> None:
-        _Counting.sent.append(str(query).split(None, 1)[0])
+        commands = [part.split(None, 1)[0] for part in str(query).split(";") if part.strip()]
+        _Counting.sent.append("; ".join(commands))
         super().execute(query, vars)
 
 
@@ -202,21 +204,20 @@ def _statements(call: Any) -> list[str]:
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_command_takes_two_statements_on_postgresql(counted: VideoService) -> None:
     """Read the locked row (with the kept answer), then one statement that
-    appends, projects, checks the version and keeps the answer."""
+    appends, projects, checks the version and keeps the answer. Both are
+    prepared; the read locks the status table first, in the same round trip."""
     svc, actor = counted, Actor("t")
     svc.request_video("warm.png", "scene", actor, idem=_idem("warm"))  # PREPAREd once
     svc.request_video("warm2.png", "scene", actor)
 
-    assert _statements(lambda: svc.request_video("a.png", "scene", actor)) == [
-        "SELECT",
-        "EXECUTE",
-    ]
+    read, write = "LOCK; EXECUTE", "EXECUTE"
+    assert _statements(lambda: svc.request_video("a.png", "scene", actor)) == [read, write]
     keyed = _statements(lambda: svc.request_video("b.png", "scene", actor, idem=_idem("k")))
-    assert keyed == ["SELECT", "EXECUTE"]
+    assert keyed == [read, write]
     replay: list[Any] = []
     assert _statements(
         lambda: replay.append(svc.request_video("b.png", "scene", actor, idem=_idem("k")))
-    ) == ["SELECT"]
+    ) == [read]
     assert replay == [Replayed(status=202, body={"status": "pending", "version": 1})]
     cancel = _statements(lambda: svc.cancel_video("b.png", actor, idem=_idem("c")))
-    assert cancel == ["SELECT", "EXECUTE"]
+    assert cancel == [read, write]

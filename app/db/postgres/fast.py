@@ -19,11 +19,15 @@ Prepared statements: PREPAREd on each connection the first time they run
 there. PostgreSQL keeps them for the session, through rollbacks, and plans
 them again by name after DDL such as a rebuild's table swap. Each
 connection records what it has prepared in its pool `info`, which a
-reconnect clears. Only statements whose outcome does not depend on their
-snapshot (inserts and upserts, whose conflict checks see the latest
-committed rows) are prepared: an EXECUTE takes its snapshot before it waits
-for its locks, so a prepared read that waited behind a swap would see the
-table as it was before. A pooler that shares server sessions between
+reconnect clears. An EXECUTE takes its snapshot before it waits for its
+table locks, so a prepared read that waited behind a swap would not see the
+rows of the table swapped in. Inserts and upserts do not care (their
+conflict checks see the latest committed rows). A read is prepared only
+with the tables a swap may replace named in `Statement.lock`: they are
+locked first, in the same round trip (`LOCK TABLE …; EXECUTE …`), and the
+EXECUTE's snapshot is then taken after any wait. Preparing saves the parse
+and plan of every command's lock read and every status read, the most of
+the server's time they take. A pooler that shares server sessions between
 clients per transaction (PgBouncer's transaction mode) needs its
 prepared-statement support turned on.
 
@@ -122,6 +126,10 @@ def compile_statement(statement: Statement, dialect: Dialect) -> Compiled:
     if statement.prepare:
         prepare: str | None = f"PREPARE {server_name} AS {_numbered(sql, names)}"
         execute = f"EXECUTE {server_name} ({arguments})" if names else f"EXECUTE {server_name}"
+        if statement.lock:
+            tables = ", ".join(dialect.identifier_preparer.format_table(t) for t in statement.lock)
+            # The same implicit or open transaction: the lock is held until it ends.
+            execute = f"LOCK TABLE {tables} IN ACCESS SHARE MODE; {execute}"
     else:
         prepare, execute = None, sql
     made = Compiled(
