@@ -131,15 +131,17 @@ def revoke_key(db: Database, name: str, now: datetime) -> None:
             raise NotFound(f"no active key named {name!r}")
 
 
-_ANY_KEY = select(select(api_keys.c.id).exists())
+#: Run on the driver's cursor (`Statement`): every request without a
+#: status read of its own checks its caller with one of these.
+_ANY_KEY = Statement(select(select(api_keys.c.id).exists()))
 _KEY_COLUMNS = ("name", "role", "key_hash", "revoked_at")
-_BY_PREFIX = select(*[api_keys.c[c] for c in _KEY_COLUMNS]).where(
-    api_keys.c.prefix == bindparam("prefix")
+_BY_PREFIX = Statement(
+    select(*[api_keys.c[c] for c in _KEY_COLUMNS]).where(api_keys.c.prefix == bindparam("prefix"))
 )
 
 
 def any_keys(conn: Connection) -> bool:
-    return bool(conn.execute(_ANY_KEY).scalar())
+    return bool(_ANY_KEY.run(conn, {})[0][0])
 
 
 def _prefix(secret: str) -> str | None:
@@ -162,7 +164,8 @@ def verify_on(conn: Connection, secret: str) -> Principal | None:
     prefix = _prefix(secret)
     if prefix is None:
         return None
-    return _principal(secret, conn.execute(_BY_PREFIX, {"prefix": prefix}).first())
+    found = _BY_PREFIX.run(conn, {"prefix": prefix})
+    return _principal(secret, found[0] if found else None)
 
 
 def verify(db: Database, secret: str) -> Principal | None:

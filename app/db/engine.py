@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError
 
@@ -121,6 +122,13 @@ def _engine(url: str, pool_size: int, echo: bool, *, writer: bool) -> Engine:
             options["pool_reset_on_return"] = None
         else:
             options["isolation_level"] = "AUTOCOMMIT"
+        # JSONB keeps the value, not the text: orjson writes it, in C (every
+        # append sends two documents, its data and the row's params).
+        options["json_serializer"] = _json_text
     engine = create_engine(url, **options)
     backend_of(engine).configure_engine(engine, writer=writer)
     return engine
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
