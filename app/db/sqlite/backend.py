@@ -57,8 +57,11 @@ class SqliteBackend:
             # Take transaction control away from pysqlite: we emit BEGIN ourselves.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            # The busy timeout first: switching to WAL takes a lock, and a
+            # connection opened while another one writes would otherwise fail
+            # at once with "database is locked".
             cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
