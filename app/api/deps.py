@@ -76,6 +76,12 @@ async def queries(request: Request) -> VideoQueries:
     return queries_of(request)
 
 
+def service_of(request: Request) -> VideoService:
+    """The hot write's use cases, without a dependency (see `access`)."""
+    svc: VideoService = request.app.state.service
+    return svc
+
+
 def queries_of(request: Request) -> VideoQueries:
     q: VideoQueries = request.app.state.queries
     return q

@@ -10,7 +10,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError as PydanticValidationError
 
-from app.api.deps import Queries, Reader, Service, Writer, access, actor, queries_of
+from app.api.deps import (
+    Queries,
+    Reader,
+    Service,
+    Writer,
+    access,
+    actor,
+    queries_of,
+    service_of,
+)
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
 from app.api.idempotency import idempotency, respond
@@ -70,9 +79,11 @@ def request_video(
     body: VideoRequestIn,
     request: Request,
     principal: Writer,
-    svc: Service,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
+    # The hottest write: its use cases are looked up in place, not as one
+    # more dependency for FastAPI to solve (see `deps.access`).
+    svc = service_of(request)
     fingerprinted = body.model_dump()
     if body.generator is None:
         del fingerprinted["generator"]  # fingerprinted as before generators existed
