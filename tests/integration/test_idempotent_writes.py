@@ -14,6 +14,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import httpx
@@ -31,13 +32,21 @@ from app.service import Actor, Idempotency, Replayed, VideoService, VideoState
 TWINS = 24
 
 
-async def _twins(app: object, method: str, path: str, body: Any, key: str) -> list[httpx.Response]:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        headers = {"Idempotency-Key": key}
-        return await asyncio.gather(
-            *(client.request(method, path, json=body, headers=headers) for _ in range(TWINS))
-        )
+def _twins(app: object, method: str, path: str, body: Any, key: str) -> list[httpx.Response]:
+    """TWINS requests at once, with one key, through the app in process. In
+    a thread of their own: an earlier test (the browser's) may leave an
+    event loop running in this one."""
+
+    async def send() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            headers = {"Idempotency-Key": key}
+            return await asyncio.gather(
+                *(client.request(method, path, json=body, headers=headers) for _ in range(TWINS))
+            )
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, send()).result(timeout=120)
 
 
 def _one_answer(responses: list[httpx.Response], status: int) -> dict[str, Any]:
@@ -60,7 +69,7 @@ def test_twin_requests_for_a_new_image_get_one_answer_and_one_event(
 ) -> None:
     app = create_app(settings, db=database)
     body = {"img_name": "twin.png", "source_type": "scene"}
-    responses = asyncio.run(_twins(app, "POST", "/v1/videos", body, "twin-1"))
+    responses = _twins(app, "POST", "/v1/videos", body, "twin-1")
     assert _one_answer(responses, 202)["video_status"] == "pending"
     assert _types(database, "twin.png") == [EventType.REQUESTED]
 
@@ -72,7 +81,7 @@ def test_twin_cancels_behind_one_row_lock_get_one_answer(
     refused (cancelled is final) but answer with the first one's reply."""
     VideoService(database).request_video("pend.png", "scene", Actor("t"))
     app = create_app(settings, db=database)
-    responses = asyncio.run(_twins(app, "POST", "/v1/videos/pend.png/cancel", {}, "cancel-1"))
+    responses = _twins(app, "POST", "/v1/videos/pend.png/cancel", {}, "cancel-1")
     assert _one_answer(responses, 200)["video_status"] == "cancelled"
     assert _types(database, "pend.png") == [EventType.REQUESTED, EventType.CANCELLED]
 
@@ -87,7 +96,7 @@ def test_twin_cancels_of_a_processing_video_get_one_answer(
     svc.request_video("busy.png", "scene", Actor("t"))
     assert svc.claim_task("w1") is not None
     app = create_app(settings, db=database)
-    responses = asyncio.run(_twins(app, "POST", "/v1/videos/busy.png/cancel", {}, "cancel-2"))
+    responses = _twins(app, "POST", "/v1/videos/busy.png/cancel", {}, "cancel-2")
     answer = _one_answer(responses, 200)
     assert answer["video_status"] == "processing" and answer["cancel_requested"] is True
     assert _types(database, "busy.png") == [
