@@ -14,10 +14,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors as e
-from app.api.json import JSONResponse
 from app.api.schemas import Problem, ValidationProblem
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ import hashlib
 import json
 from typing import Any
 
-from app.api.json import JSONResponse
+from fastapi.responses import JSONResponse
+
 from app.api.views import status_body
 from app.events.types import Json
 from app.service import Idempotency, Outcome, Replayed, VideoState

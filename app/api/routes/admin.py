@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import Admin, Queries
 from app.api.errors import problem, responses
-from app.api.json import JSONResponse
 from app.api.schemas import ProjectionList, VerifyResult
 from app.api.views import iso
 from app.errors import NotFound, Unavailable

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import Queries, Reader
 from app.api.errors import responses
-from app.api.json import JSONResponse
 from app.api.schemas import EventPage, SourceType, Stats
 from app.api.views import event_body
 from app.errors import ValidationFailed

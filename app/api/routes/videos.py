@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError as PydanticValidationError
 
 from app.api.deps import (
@@ -23,7 +24,6 @@ from app.api.deps import (
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
 from app.api.idempotency import idempotency, respond
-from app.api.json import JSONResponse
 from app.api.paths import IMG
 from app.api.schemas import (
     BatchStatusIn,
@@ -59,9 +59,9 @@ WRITE_ERRORS = responses(401, 403, 409, 413, 422)
 
 
 def _json(body: Any) -> Response:
-    # No response model to validate against: the hot reads answer plain
-    # dicts that `app/api/views.py` built and `app/api/schemas.py` documents.
-    return JSONResponse(body)
+    # orjson, and no response model to validate against: the hot reads answer
+    # plain dicts that `app/api/views.py` built and `app/api/schemas.py` documents.
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _location(img_name: str) -> dict[str, str]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import Admin
 from app.api.errors import responses
-from app.api.json import JSONResponse
 from app.api.schemas import (
     DeliveryOut,
     DeliveryPage,

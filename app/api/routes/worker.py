@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from app.api.deps import Service, Worker
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
-from app.api.json import JSONResponse
 from app.api.paths import IMG
 from app.api.schemas import (
     ClaimIn,
