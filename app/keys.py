@@ -18,10 +18,15 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Connection,
     Select,
+    String,
     Table,
+    Text,
+    any_,
     bindparam,
+    exists,
     insert,
     literal_column,
     select,
@@ -231,8 +236,9 @@ class Gate:
 @dataclass(frozen=True)
 class Access:
     """A caller's credentials and the permission a route asks of them, not yet
-    checked: a read checks them on its own connection, in its own thread, so
-    an authorized read costs one connection and one trip to the threadpool."""
+    checked: a read or a command checks them on its own connection, in its
+    own thread, so an authorized request costs one connection and one trip
+    to the threadpool."""
 
     gate: Gate
     secret: str | None
@@ -243,6 +249,55 @@ class Access:
         principal = self.gate.identify_on(conn, self.secret)
         principal.require(self.permission)
         return principal
+
+    def admitted(self) -> tuple[Select[Any], dict[str, Any]] | None:
+        """How a write that is one statement lets this caller in (see
+        `ADMITTED`): the source of the caller's name, which gives no row
+        unless the caller may act, and its parameters. None where only
+        `check` can tell (a malformed key, or open mode known to be over):
+        such a caller takes the checked way, which names the refusal."""
+        if self.secret is None:
+            if self.gate.loopback and not self.gate._keys_exist:
+                return ADMITTED["open"], {}
+            return None
+        prefix = _prefix(self.secret)
+        if prefix is None:
+            return None
+        roles = [role.value for role, grants in GRANTS.items() if self.permission in grants]
+        return ADMITTED["key"], {
+            "caller_prefix": prefix,
+            "caller_hash": _hash(self.secret),
+            "caller_roles": roles,
+        }
+
+
+def _admitted_sources() -> dict[str, Select[Any]]:
+    """The callers a one-statement write admits, each a SELECT of one column,
+    `actor`, with one row for a caller who may act and none otherwise:
+
+    - `key`: the key of that prefix and hash, not revoked, of a role that
+      grants the permission (the roles are a parameter: `GRANTS` stays the
+      one rule). The hash is compared in SQL, not in constant time: what
+      leaks is the stored hash, from which no secret can be made;
+    - `open`: 'anonymous' while no key exists (open mode, on loopback);
+    - `named`: a trusted caller's name, as given (the service's own callers).
+    """
+    c = api_keys.c
+    by_key = select(c.name.label("actor")).where(
+        c.prefix == bindparam("caller_prefix", type_=String),
+        c.key_hash == bindparam("caller_hash", type_=String),
+        c.revoked_at.is_(None),
+        c.role == any_(bindparam("caller_roles", type_=ARRAY(Text))),
+    )
+    anonymous = literal_column(f"'{ANONYMOUS.name}'", String)
+    open_mode = select(anonymous.label("actor")).where(~exists(select(c.id)))
+    named = select(bindparam("caller_actor", type_=String).label("actor"))
+    return {"key": by_key, "open": open_mode, "named": named}
+
+
+#: See `_admitted_sources`; built once, so that statements made of them are
+#: cached by them.
+ADMITTED = _admitted_sources()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ one while waiting for another could starve the pool.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +22,8 @@ from app.service.queries import VideoQueries
 
 #: Who a request is (see `keys.Gate`); one per app.
 AuthGate = keys.Gate
+
+E = TypeVar("E", bound=Callable[..., Any])
 
 
 def _secret(request: Request) -> str | None:
@@ -89,6 +91,46 @@ def queries_of(request: Request) -> VideoQueries:
 
 def actor(request: Request, principal: Principal) -> Actor:
     return Actor(principal.name, correlation_id=getattr(request.state, "request_id", None))
+
+
+def unchecked_actor(request: Request, permission: str) -> Actor:
+    """For the client commands: the caller's credentials, which the command
+    checks itself (`Actor.access`), in its own statement where it can: one
+    connection, one trip to the threadpool and no round trip of its own.
+    The route is marked with `checks_caller`."""
+    rid = getattr(request.state, "request_id", None)
+    return Actor.unchecked(access(request, permission), correlation_id=rid)
+
+
+def checks_caller(permission: str) -> Callable[[E], E]:
+    """Mark a route whose work checks its caller (`unchecked_actor`): any error
+    found before that check (a body, a header, a path that is wrong) goes only
+    to a caller with `permission`; anyone else gets the 401 or 403 first, as
+    a `Depends(require(…))` route answers (`app.api.errors`)."""
+
+    def mark(endpoint: E) -> E:
+        setattr(endpoint, CHECKS_CALLER, permission)
+        return endpoint
+
+    return mark
+
+
+#: The attribute `checks_caller` sets on a route's endpoint.
+CHECKS_CALLER = "vidledger_checks_caller"
+
+
+def checked_later(request: Request) -> str | None:
+    """The permission a route checks inside its work, if it is so marked."""
+    return getattr(request.scope.get("endpoint"), CHECKS_CALLER, None)
+
+
+def identify(request: Request, permission: str) -> Principal:
+    """The caller, checked now (in the caller's thread): raises `Unauthorized`
+    or `Forbidden`."""
+    gate: AuthGate = request.app.state.auth
+    principal = gate.identify(_secret(request))
+    principal.require(permission)
+    return principal
 
 
 Service = Annotated[VideoService, Depends(service)]

@@ -15,9 +15,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors as e
+from app.api.deps import checked_later, identify
 from app.api.schemas import Problem, ValidationProblem
 
 log = logging.getLogger(__name__)
@@ -87,8 +89,29 @@ def _loc(loc: tuple[Any, ...]) -> list[str | int]:
     return [p if isinstance(p, int) else str(p) for p in loc]
 
 
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+async def _caller_refused(request: Request) -> JSONResponse | None:
+    """On a route that checks its caller inside its work (`deps.checks_caller`),
+    an error found before that check is for the caller's eyes only: the
+    401 or 403 of a caller who may not use the route, or None."""
+    permission = checked_later(request)
+    if permission is None:
+        return None
+    try:
+        await run_in_threadpool(identify, request, permission)
+    except e.AppError as refused:
+        return _problem_of(refused)
+    return None
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, e.AppError)
+    about_the_caller = isinstance(exc, e.Unauthorized | e.Forbidden | e.Unavailable)
+    if not about_the_caller and (refused := await _caller_refused(request)) is not None:
+        return refused
+    return _problem_of(exc)
+
+
+def _problem_of(exc: e.AppError) -> JSONResponse:
     status, code = status_and_code(exc)
     extra = {k: v for k, v in exc.extra.items() if k not in {"detail", "code", "status"}}
     if status == 422 and "errors" not in extra:
@@ -96,8 +119,10 @@ async def _app_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(status, exc.detail, code, **extra)
 
 
-async def _validation(_: Request, exc: Exception) -> JSONResponse:
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if (refused := await _caller_refused(request)) is not None:
+        return refused
     errors = []
     for err in exc.errors():
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
@@ -112,9 +137,11 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
     return problem(422, detail, "validation_error", errors=errors)
 
 
-async def _http(_: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
+        if (refused := await _caller_refused(request)) is not None:
+            return refused
         # FastAPI answers 400 for a body it cannot even decode (not UTF-8);
         # The API calls any malformed body a validation_error (422).
         msg = "malformed JSON: the body could not be decoded as UTF-8 JSON"

@@ -98,6 +98,25 @@ class Backend(Protocol):
         """
         ...
 
+    def fuse_first_append(
+        self,
+        events: Table,
+        bound: Sequence[str],
+        caller: Select[Any],
+        table: Table,
+        columns: Sequence[str],
+        key: str,
+        from_inserted: Mapping[str, str],
+        *,
+        prefix: str,
+        keep: Table | None = None,
+        keep_prefix: str = "",
+    ) -> Statement | None:
+        """The first event of a stream with its projected row (and a kept
+        answer) as one statement that runs alone, in autocommit; None where
+        the database cannot (see the PostgreSQL backend)."""
+        ...
+
     def upsert(
         self, conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]
     ) -> None:

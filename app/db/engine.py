@@ -45,6 +45,15 @@ class Database:
             yield conn
 
     @contextmanager
+    def write_alone(self) -> Iterator[Connection]:
+        """A connection in autocommit, for a write that is one statement and
+        so its own transaction (`Backend.fuse_first_append`): no BEGIN and
+        COMMIT round trips. A lost race is `ConcurrencyConflict`, as in `write`.
+        Only where that statement exists: on PostgreSQL."""
+        with _classified(self.backend, lost_race=True), self.reader.connect() as conn:
+            yield conn
+
+    @contextmanager
     def read(self, *, replica: bool = False) -> Iterator[Connection]:
         """A connection for reads, in autocommit: no BEGIN/COMMIT round trips.
 

@@ -6,18 +6,19 @@ append back with it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, literal_column, select, true
+from sqlalchemy import Connection, Select, and_, bindparam, literal_column, select, true
 
 from app.db import idempotency
 from app.db.backend import Backend, backend_of
 from app.db.statement import Statement
-from app.db.tables import idempotency_keys, image_status, projection_state
+from app.db.tables import events, idempotency_keys, image_status, projection_state
 from app.db.unit_of_work import UnitOfWork
 from app.events import store
 from app.events.types import NewEvent, RecordedEvent
@@ -189,6 +190,91 @@ def _append_projected_statement(backend: Backend, keeping: bool) -> Statement | 
         {"last_position": "position"},
         prefix=_ROW_PREFIX,
         also=idempotency.guarded_write(backend) if keeping else None,
+    )
+
+
+#: Stand-ins for the clock in `append_first`'s fold: the columns (and the
+#: kept answer's fields) that take one are those the database stamps.
+_CLOCK_A = datetime(2000, 1, 1, tzinfo=UTC)
+_CLOCK_B = datetime(2001, 2, 2, 2, 2, 2, 2, tzinfo=UTC)
+
+#: What a first append keeps under its key: the answer to a row.
+AnswerOf = Callable[[StatusRow], idempotency.Keep]
+
+
+def append_first(
+    conn: Connection,
+    img_name: str,
+    new: NewEvent,
+    caller: tuple[Select[Any], dict[str, Any]],
+    keep: AnswerOf | None = None,
+) -> tuple[RecordedEvent, StatusRow] | None:
+    """Append `new` as the first event of `img_name`'s stream and project it,
+    in one statement on an autocommit connection (`Database.write_alone`);
+    with `keep`, keep the answer it makes of the new row too.
+
+    `caller` is the source of the event's actor and its parameters
+    (`keys.ADMITTED`): no row, and nothing is written, unless the caller
+    may act. Nothing is written either where the image already has a row,
+    or a live answer is kept under the key: the checked way decides those.
+    Returns None then, or where the backend cannot do it in one statement.
+
+    The row is folded first by `status.apply`, as always; the database
+    stamps the columns that the fold takes from the event's time. Raises
+    `ConcurrencyConflict` if a concurrent first append won the stream.
+    """
+    backend = backend_of(conn)
+    source, caller_params = caller
+    row_a = apply(None, store.pending(img_name, 1, new, _CLOCK_A))
+    values = row_a.as_values()
+    clocked = tuple(n for n, v in values.items() if v is _CLOCK_A)
+    statement = _first_statement(backend, source, clocked, keep is not None)
+    if statement is None:
+        return None
+    params = store.event_values(img_name, 1, new)
+    del params["actor"]  # the caller's, from `caller`
+    params.update(caller_params)
+    for name, value in values.items():
+        params[_ROW_PREFIX + name] = value
+    if keep is not None:
+        kept_a = keep(row_a)
+        kept_b = keep(apply(None, store.pending(img_name, 1, new, _CLOCK_B)))
+        body_a, body_b = kept_a.answer.body, kept_b.answer.body
+        if not isinstance(body_a, dict) or not isinstance(body_b, dict):
+            return None
+        stamped = [k for k in body_a if body_a[k] != body_b.get(k)]
+        if any(not isinstance(body_a[k], str) for k in stamped):
+            return None  # only whole fields are stamped by the database
+        params.update(kept_a.params())
+        params[f"{idempotency.PREFIX}stamped"] = stamped
+    with store.conflict_on_version(backend, img_name, 0):
+        found = statement.run(conn, params)
+    if not found:
+        return None
+    ((position, recorded_at, tx_id, actor),) = found
+    event = store.recorded(
+        img_name, 1, dataclasses.replace(new, actor=actor), position, recorded_at, tx_id
+    )
+    return event, apply(None, event)
+
+
+@functools.lru_cache(maxsize=16)
+def _first_statement(
+    backend: Backend, caller: Select[Any], clocked: tuple[str, ...], keeping: bool
+) -> Statement | None:
+    """`append_first`'s statement for this caller's kind, built once."""
+    from_inserted = {"last_position": "position", **{n: "recorded_at" for n in clocked}}
+    return backend.fuse_first_append(
+        events,
+        store.APPENDED_COLUMNS,
+        caller,
+        image_status,
+        [c.name for c in image_status.columns if not c.primary_key],
+        "img_name",
+        from_inserted,
+        prefix=_ROW_PREFIX,
+        keep=idempotency_keys if keeping else None,
+        keep_prefix=idempotency.PREFIX,
     )
 
 

@@ -13,13 +13,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Select
 
 from app import lifecycle
 from app.db.engine import Database
 from app.db.unit_of_work import UnitOfWork, unit_of_work
 from app.errors import ConcurrencyConflict, Unavailable, ValidationFailed
 from app.events.types import FIRST_GENERATOR, Json, NewEvent, RecordedEvent
+from app.keys import ADMITTED, ANONYMOUS, Access
 from app.lifecycle import EventType, Status
 from app.projections import projector
 from app.projections.projector import Current, KeepOf
@@ -75,6 +78,27 @@ class Actor:
 
     name: str
     correlation_id: str | None = None
+    #: A caller's credentials, not yet checked (an API request's): a client
+    #: command checks them itself, on its own connection and in its own
+    #: statement where it can, and the event's actor is then the key's name.
+    access: Access | None = None
+
+    @classmethod
+    def unchecked(cls, access: Access, correlation_id: str | None = None) -> Actor:
+        return cls(ANONYMOUS.name, correlation_id, access)
+
+    def checked(self, conn: Connection) -> Actor:
+        """This actor with its credentials checked on `conn` (raises
+        `Unauthorized` or `Forbidden`); itself if it has none to check."""
+        if self.access is None:
+            return self
+        return Actor(self.access.check(conn).name, self.correlation_id)
+
+    def admitted(self) -> tuple[Select[Any], dict[str, Any]] | None:
+        """How a one-statement write lets this actor in (`Access.admitted`)."""
+        if self.access is None:
+            return ADMITTED["named"], {"caller_actor": self.name}
+        return self.access.admitted()
 
 
 class CommandBase:
@@ -124,7 +148,12 @@ class CommandBase:
         uow: UnitOfWork, current: Current, new: NewEvent, keep: KeepOf | None = None
     ) -> StatusRow:
         row = projector.append(uow, current, new, keep)
-        recorded = uow.appended[-1]
+        CommandBase._appended(uow.appended[-1])
+        return row
+
+    @staticmethod
+    def _appended(recorded: RecordedEvent) -> None:
+        """Log an append (the listeners hear of it once it has committed)."""
         log.info(
             "appended %s",
             recorded.event_type.value,
@@ -136,7 +165,6 @@ class CommandBase:
                 "actor": recorded.actor,
             },
         )
-        return row
 
     @staticmethod
     def _event(

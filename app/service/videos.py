@@ -9,7 +9,7 @@ from app import lifecycle
 from app.db import idempotency, leases
 from app.db.idempotency import Remembered
 from app.db.unit_of_work import UnitOfWork
-from app.errors import IdempotencyKeyReused, TransitionRefused
+from app.errors import ConcurrencyConflict, IdempotencyKeyReused, TransitionRefused
 from app.events import types as ev
 from app.events.types import Json
 from app.lifecycle import EventType, Status
@@ -44,9 +44,56 @@ class VideoCommands(CommandBase):
         `VideoExists`, `IdempotencyKeyReused`; returns the new state (pending)."""
         chosen = self.policy.generators.resolve(generator)
         data = ev.requested(source_type, prompt, params or {}, regenerate, chosen)
+        if not regenerate and (first := self._first_request(img_name, data, actor, idem)):
+            return first
         return self._client_write(
             img_name, actor, idem, lambda _: (EventType.REQUESTED, data), regenerate=regenerate
         )
+
+    def _first_request(
+        self, img_name: str, data: Json, actor: Actor, idem: Idempotency | None
+    ) -> VideoState | None:
+        """The common case in one round trip: a request for an image that has
+        no events yet, by a caller who may make it, written by one statement
+        (`projector.append_first`). None where that statement wrote nothing
+        (the image has events, the caller is refused, a twin won, or the
+        database cannot): the checked way then decides, and says why.
+
+        The decision is still the state machine's: it allows the request
+        from `none`, and the statement writes only where the image has no
+        row, which is `none` at version 0."""
+        admitted = actor.admitted()
+        if admitted is None:
+            return None
+        new = self._event(
+            None,
+            img_name,
+            EventType.REQUESTED,
+            data,
+            actor,
+            idempotency_key=idem.key if idem else None,
+        )
+        keep = None
+        if idem is not None:
+            now = self.clock()
+
+            def keep(row: StatusRow) -> idempotency.Keep:
+                status, body = idem.answer(VideoState(row=row, progress=None))
+                answer = Remembered(idem.fingerprint, status, body, now)
+                return idempotency.Keep(img_name, idem.key, answer, now - IDEMPOTENCY_TTL)
+
+        try:
+            with self.db.write_alone() as conn:
+                done = projector.append_first(conn, img_name, new, admitted, keep)
+        except ConcurrencyConflict:
+            return None  # a twin wrote the stream's first event first
+        if done is None:
+            return None
+        event, row = done
+        self._appended(event)
+        if self._on_append is not None:
+            self._on_append([event])
+        return VideoState(row=row, progress=None)
 
     def cancel_video(
         self,
@@ -123,6 +170,7 @@ class VideoCommands(CommandBase):
         """
 
         def work(uow: UnitOfWork) -> Outcome:
+            who = actor.checked(uow.conn)  # an API caller's key, on this connection
             # The row lock first (the lock order), and with it the answer kept
             # under the key, if any: one round trip.
             current = projector.load_current(uow.conn, img_name, idem.key if idem else None)
@@ -135,7 +183,7 @@ class VideoCommands(CommandBase):
                         current.row,
                         img_name,
                         *decision,
-                        actor,
+                        who,
                         reason=reason,
                         idempotency_key=idem.key if idem else None,
                         regenerate=regenerate,

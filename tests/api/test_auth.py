@@ -245,3 +245,69 @@ def test_a_status_read_checks_its_caller_itself(
             assert r.status_code == 401 and r.json()["code"] == "unauthorized", (bad, r.text)
             assert "video_status" not in r.json()
         assert keyed.get(f"/v1/videos/{name}").status_code == 401
+
+
+# --- client commands check their caller in their own work ---------------------------
+
+BAD_KEYS = ("vl_000000000000_nope", "not-a-key", "vl_x_y_z")
+
+
+def test_a_request_checks_its_caller_in_its_own_statement(
+    keyed: TestClient, secrets: dict[Role, str], database: Database
+) -> None:
+    """A request for a new image checks its caller in the statement that
+    writes (`keys.ADMITTED`): nothing is written for a refused caller, a
+    revoked key is refused at once, and the event's actor is the key's name."""
+    for bad in (*BAD_KEYS, secrets[Role.WRITE] + "x", secrets[Role.WRITE][:-1]):
+        r = keyed.post("/v1/videos", json=NEW, headers=bearer(bad))
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized", (bad, r.text)
+    for role in (Role.READ, Role.WORKER):
+        r = keyed.post("/v1/videos", json=NEW, headers=bearer(secrets[role]))
+        assert r.status_code == 403 and r.json()["code"] == "forbidden", (role, r.text)
+    assert keyed.post("/v1/videos", json=NEW).status_code == 401
+    status = keyed.get(f"/v1/videos/{IMG}", headers=bearer(secrets[Role.READ])).json()
+    assert status["version"] == 0, "a refused caller wrote nothing"
+
+    for role, name in ((Role.WRITE, "w.png"), (Role.ADMIN, "a.png")):
+        r = keyed.post("/v1/videos", json={**NEW, "img_name": name}, headers=bearer(secrets[role]))
+        assert r.status_code == 202, r.text
+        assert actors(keyed, secrets[Role.READ], name) == [f"{role.value}-key"]
+
+    revoke_key(database, "write-key", now())
+    r = keyed.post(
+        "/v1/videos", json={**NEW, "img_name": "late.png"}, headers=bearer(secrets[Role.WRITE])
+    )
+    assert r.status_code == 401, r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v1/videos", {"img_name": "", "source_type": "scene"}),
+        ("POST", "/v1/videos", {"img_name": IMG, "source_type": "scene", "generator": "nope"}),
+        ("POST", "/v1/videos", "{not json"),
+        ("POST", "/v1/videos/..%2Fx/cancel", None),
+        ("POST", f"/v1/videos/{IMG}/retry", {"reason": 5}),
+        ("DELETE", f"/v1/videos/{IMG}?reason=" + "x" * 3000, None),
+    ],
+    ids=["bad-body", "unknown-generator", "bad-json", "bad-name", "bad-reason", "long-reason"],
+)
+def test_a_command_tells_only_its_callers_what_is_wrong(
+    keyed: TestClient, secrets: dict[Role, str], method: str, path: str, body: Any
+) -> None:
+    """What is wrong with a request goes only to a caller who may make it:
+    401 without a key, 403 for a role that may not write, 422 for a writer."""
+    content = body if isinstance(body, str) else None
+    json_body = None if isinstance(body, str) else body
+
+    def send(headers: dict[str, str]) -> Any:
+        extra = {"Content-Type": "application/json"} if content is not None else {}
+        return keyed.request(
+            method, path, json=json_body, content=content, headers={**headers, **extra}
+        )
+
+    assert send({}).status_code == 401
+    assert send(bearer("vl_000000000000_nope")).status_code == 401
+    assert send(bearer(secrets[Role.READ])).status_code == 403
+    r = send(bearer(secrets[Role.WRITE]))
+    assert r.status_code == 422 and r.json()["code"] == "validation_error", r.text

@@ -25,6 +25,7 @@ import pytest
 from app.api import create_app
 from app.config import Settings
 from app.db.engine import Database, open_database
+from app.errors import VideoInProgress
 from app.events import store
 from app.lifecycle import EventType
 from app.service import Actor, Idempotency, Replayed, VideoService, VideoState
@@ -188,10 +189,12 @@ class _Counting(psycopg2.extensions.cursor):
 
 @pytest.fixture
 def counted(pg_session_url: str, db_url: str) -> Iterator[VideoService]:
-    """A service on one PostgreSQL connection whose statements are counted."""
+    """A service on one PostgreSQL connection a pool whose statements are
+    counted: the writer's, and the autocommit one a first request uses."""
     db = open_database(pg_session_url, pool_size=1)
-    with db.writer.connect() as conn:
-        conn.connection.dbapi_connection.cursor_factory = _Counting  # type: ignore[union-attr]
+    for engine in (db.writer, db.reader):
+        with engine.connect() as conn:
+            conn.connection.dbapi_connection.cursor_factory = _Counting  # type: ignore[union-attr]
     yield VideoService(db)
     db.dispose()
 
@@ -214,19 +217,28 @@ def _statements(call: Any) -> list[str]:
 def test_a_command_takes_two_statements_on_postgresql(counted: VideoService) -> None:
     """Read the locked row (with the kept answer), then one statement that
     appends, projects, checks the version and keeps the answer. Both are
-    prepared; the read locks the status table first, in the same round trip."""
+    prepared; the read locks the status table first, in the same round trip.
+    A request for a new image is one statement alone, in autocommit (no
+    BEGIN, no COMMIT): the event, its row and the kept answer."""
     svc, actor = counted, Actor("t")
     svc.request_video("warm.png", "scene", actor, idem=_idem("warm"))  # PREPAREd once
     svc.request_video("warm2.png", "scene", actor)
+    svc.cancel_video("warm.png", actor, idem=_idem("warm-cancel"))
+    svc.cancel_video("warm2.png", actor)
 
-    read, write = "LOCK; EXECUTE", "EXECUTE"
-    assert _statements(lambda: svc.request_video("a.png", "scene", actor)) == [read, write]
+    first, read, write = "LOCK; EXECUTE", "LOCK; EXECUTE", "EXECUTE"
+    assert _statements(lambda: svc.request_video("a.png", "scene", actor)) == [first]
     keyed = _statements(lambda: svc.request_video("b.png", "scene", actor, idem=_idem("k")))
-    assert keyed == [read, write]
+    assert keyed == [first]
     replay: list[Any] = []
     assert _statements(
         lambda: replay.append(svc.request_video("b.png", "scene", actor, idem=_idem("k")))
-    ) == [read]
+    ) == [first, read]
     assert replay == [Replayed(status=202, body={"status": "pending", "version": 1})]
+    with pytest.raises(VideoInProgress):
+        _statements(lambda: svc.request_video("a.png", "scene", actor))
+    assert _Counting.sent == [first, read]
     cancel = _statements(lambda: svc.cancel_video("b.png", actor, idem=_idem("c")))
     assert cancel == [read, write]
+    regenerate = _statements(lambda: svc.request_video("c.png", "scene", actor, regenerate=True))
+    assert regenerate == [read, write]  # a regenerate takes the checked way

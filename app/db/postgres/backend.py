@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     func,
     literal_column,
@@ -40,6 +41,13 @@ from app.db.backend import LockTimeout
 from app.db.postgres import copy, fast, notify
 from app.db.statement import Statement
 from app.db.types import UTCDateTime
+
+
+def _typed(name: str, column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A parameter for `column`, cast to its type: in a SELECT's list (an
+    INSERT … SELECT) the server would take an untyped one for text."""
+    return cast(bindparam(name, type_=column.type), column.type)
+
 
 #: SQLSTATEs of a server that is going away or not taking connections yet:
 #: admin_shutdown, crash_shutdown, cannot_connect_now, too_many_connections.
@@ -84,13 +92,13 @@ class PostgresBackend:
     def clock(self) -> ColumnElement[Any]:
         return func.now()
 
-    def locked_clock(self) -> ColumnElement[datetime] | None:
+    def locked_clock(self) -> ColumnElement[datetime]:
         """`clock_timestamp()`, the time of reading, not of the transaction's
         start: a command that waited for another's row lock records its event
         after that other's."""
         return type_coerce(func.clock_timestamp(), UTCDateTime())
 
-    def transaction_id(self) -> ColumnElement[Any] | None:
+    def transaction_id(self) -> ColumnElement[Any]:
         # xid8 has no direct cast to bigint; text is the documented bridge.
         return cast(cast(func.pg_current_xact_id(), postgresql.TEXT), BigInteger)
 
@@ -127,6 +135,129 @@ class PostgresBackend:
             counted = select(func.count()).select_from(written).scalar_subquery()
             fused = fused.add_columns(counted.label("also_rows"))
         return Statement(fused, prepare=True)
+
+    def fuse_first_append(
+        self,
+        events: Table,
+        bound: Sequence[str],
+        caller: Select[Any],
+        table: Table,
+        columns: Sequence[str],
+        key: str,
+        from_inserted: Mapping[str, str],
+        *,
+        prefix: str,
+        keep: Table | None = None,
+        keep_prefix: str = "",
+    ) -> Statement | None:
+        """The first event of a stream, its projected row and (with `keep`)
+        the answer kept under its key, in one statement that writes all or
+        nothing, and may run alone in autocommit: one round trip.
+
+        It writes only where `table` has no row under `key` and `caller`
+        gives one (the event's `actor`), and returns no row otherwise. The
+        event's `bound` columns are parameters, its `recorded_at` the clock
+        at the insert; the row's `columns` are `<prefix><column>` but for
+        `from_inserted` (as in `fuse_insert_and_upsert`). The kept answer's
+        columns are `<keep_prefix><column>`, and its document takes, under
+        each name in `<keep_prefix>stamped`, the event's `recorded_at` as
+        `app.timestamps.rfc3339` writes it. A live answer already kept
+        under the key (not expired) writes nothing at all.
+
+        Returns the insert's `position`, `recorded_at`, `tx_id` and `actor`.
+        The stream's UNIQUE(img_name, version) still decides a race: the
+        loser's statement fails, and writes nothing."""
+        c = table.c
+        who = caller.subquery("caller")
+        values = [_typed(n, events.c[n]) for n in bound if n != "actor"]
+        tx_id = self.transaction_id()
+        absent = ~select(c[key]).where(c[key] == _typed(f"{prefix}{key}", c[key])).exists()
+        guards = [absent]
+        if keep is not None:
+            k = keep.c
+            guards.append(
+                ~select(k.key)
+                .where(
+                    k.img_name == bindparam(f"{keep_prefix}img_name", type_=k.img_name.type),
+                    k.key == bindparam(f"{keep_prefix}key", type_=k.key.type),
+                    k.created_at
+                    >= bindparam(f"{keep_prefix}expired_before", type_=k.created_at.type),
+                )
+                .exists()
+            )
+        source = select(
+            *values, who.c.actor, self.locked_clock().label("recorded_at"), tx_id.label("tx_id")
+        ).where(*guards)
+        names = [n for n in bound if n != "actor"] + ["actor", "recorded_at", "tx_id"]
+        insert = (
+            postgresql.insert(events)
+            .from_select(names, source)
+            .returning(events.c.position, events.c.recorded_at, events.c.tx_id, events.c.actor)
+        )
+        inserted = insert.cte("inserted")
+        row = [
+            inserted.c[from_inserted[n]].label(n)
+            if n in from_inserted
+            else _typed(f"{prefix}{n}", c[n]).label(n)
+            for n in columns
+        ]
+        upsert = postgresql.insert(table).from_select(
+            list(columns), select(*row).select_from(inserted)
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[key],
+            set_={n: upsert.excluded[n] for n in columns if n != key},
+        )
+        fused = select(*inserted.c).add_cte(upsert.cte("upserted"))
+        if keep is not None:
+            kept = self._kept_first(keep, inserted, keep_prefix)
+            fused = fused.add_cte(kept.cte("kept"))
+        return Statement(fused, prepare=True, lock=(table,))
+
+    def _kept_first(self, keep: Table, inserted: Any, prefix: str) -> Insert:
+        """The answer kept by `fuse_first_append`, stamped with the event's time."""
+        k = keep.c
+        stamped = func.unnest(
+            cast(
+                bindparam(f"{prefix}stamped", type_=postgresql.ARRAY(Text)), postgresql.ARRAY(Text)
+            )
+        ).table_valued("name")
+        stamp = self.rfc3339_text(inserted.c.recorded_at)
+        patch = (
+            select(
+                func.coalesce(
+                    func.jsonb_object_agg(stamped.c.name, stamp),
+                    literal_column("'{}'::jsonb"),
+                )
+            )
+            .select_from(stamped)
+            .scalar_subquery()
+        )
+        response = cast(bindparam(f"{prefix}response", type_=postgresql.JSONB), postgresql.JSONB)
+        body = response.op("||")(patch)
+        plain = ("img_name", "key", "request_hash", "answer_status", "created_at")
+        source = select(
+            *[_typed(f"{prefix}{n}", k[n]).label(n) for n in plain],
+            body.label("response"),
+        ).select_from(inserted)
+        insert = postgresql.insert(keep).from_select([*plain, "response"], source)
+        return insert.on_conflict_do_update(
+            index_elements=["img_name", "key"],
+            set_={n: insert.excluded[n] for n in (*plain[2:], "response")},
+        )
+
+    @staticmethod
+    def rfc3339_text(at: ColumnElement[Any]) -> ColumnElement[str]:
+        """A timestamp as `app.timestamps.rfc3339` writes it: UTC, a `Z`, and
+        microseconds only when there are any."""
+        utc = func.timezone(literal_column("'UTC'"), at)
+        whole = func.to_char(utc, literal_column("'YYYY-MM-DD\"T\"HH24:MI:SS'"))
+        micros = cast(func.date_part(literal_column("'microseconds'"), at), BigInteger)
+        fraction = case(
+            (micros % literal_column("1000000") == literal_column("0"), literal_column("''")),
+            else_=func.to_char(utc, literal_column("'.US'")),
+        )
+        return func.concat(whole, fraction, literal_column("'Z'"))
 
     def upsert(
         self, conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]

@@ -106,6 +106,22 @@ class SqliteBackend:
     ) -> Statement | None:
         return None  # no data-modifying WITH in SQLite
 
+    def fuse_first_append(
+        self,
+        events: Table,
+        bound: Sequence[str],
+        caller: Select[Any],
+        table: Table,
+        columns: Sequence[str],
+        key: str,
+        from_inserted: Mapping[str, str],
+        *,
+        prefix: str,
+        keep: Table | None = None,
+        keep_prefix: str = "",
+    ) -> Statement | None:
+        return None  # likewise
+
     def upsert(
         self, conn: Connection, table: Table, values: dict[str, Any], key: str | list[str]
     ) -> None:
