@@ -3,7 +3,8 @@ do in SQL, through a plain psycopg2 pool, with none of the project's layers.
 
 `GET /v1/videos/{img_name}` runs the same SELECT as a status read (the
 projection row joined to its lease); `POST /v1/videos` appends one event and
-upserts its row in one commit, as `bench/writes.py`'s raw baseline does.
+upserts its row in one statement, in autocommit, as `bench/writes.py`'s raw
+baseline does.
 Served by uvicorn with the same settings as the project (`bench/servers.py`).
 """
 
@@ -23,7 +24,7 @@ from fastapi.responses import Response
 from psycopg2.pool import ThreadedConnectionPool
 from pydantic import BaseModel
 
-from bench.writes import RAW_EVENT, RAW_UPSERT
+from bench.writes import RAW_REQUEST
 
 #: Connections, as many as the project's reader pool (Settings.pool_size).
 POOL = 20
@@ -88,12 +89,11 @@ def create(dsn: str) -> FastAPI:
     @app.post("/v1/videos", status_code=202)
     def request(body: RequestIn) -> Response:
         with connection() as conn, conn.cursor() as cur:
-            # The pool's connections are in autocommit: one explicit transaction.
-            cur.execute("BEGIN")
-            cur.execute(RAW_EVENT, (str(uuid.uuid4()), body.img_name, data))
-            position, at = cur.fetchone()
-            cur.execute(RAW_UPSERT, (body.img_name, at, at, at, position))
-            cur.execute("COMMIT")
+            # The event and its row in one statement, alone in autocommit.
+            cur.execute(
+                RAW_REQUEST,
+                {"event_id": str(uuid.uuid4()), "img_name": body.img_name, "data": data},
+            )
         return _json({"img_name": body.img_name, "video_status": "pending", "version": 1}, 202)
 
     return app
