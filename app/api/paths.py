@@ -26,3 +26,19 @@ register_url_convertor("img_name", ImgNameConvertor())
 
 #: Use in a route path: f"/videos/{IMG}/history".
 IMG = "{img_name:img_name}"
+
+
+class ImgNameOnlyConvertor(ImgNameConvertor):
+    """An img_name that is the whole rest of the path, unless that rest ends in
+    the tail of another GET route of an image (`/history`, …): those paths
+    belong to that route, as they do when it is tried first. So the status
+    route can be tried before them (the order routes are matched in is the
+    order they were added, and each try costs)."""
+
+    regex = "(?s:(?!.*/(?:has-video|content|history)$).*)"
+
+
+register_url_convertor("img_name_only", ImgNameOnlyConvertor())
+
+#: Use in the path of an image's own resource, routed before its tails.
+IMG_ONLY = "{img_name:img_name_only}"

@@ -684,3 +684,24 @@ def test_bad_as_of_values_are_validation_problems(
 def test_unknown_query_parameters_are_ignored_by_a_status_read(client: TestClient) -> None:
     requested(client)
     assert client.get(f"/v1/videos/{IMG}?utm=x").json()["video_status"] == "pending"
+
+
+def test_an_image_path_that_ends_in_a_tail_goes_to_that_tail(client: TestClient) -> None:
+    """The status route is matched first, yet `<name>/history`, `/has-video`
+    and `/content` still belong to their own routes; a tail's word alone is
+    an image's name, and any other path with a slash is a bad name."""
+    for name in ("a", "history", "content"):
+        r = client.post("/v1/videos", json={"img_name": name, "source_type": "scene"})
+        assert r.status_code == 202, r.text
+    history = client.get("/v1/videos/a/history")
+    assert history.status_code == 200 and history.json()["img_name"] == "a"
+    assert [i["to_status"] for i in history.json()["items"]] == ["pending"]
+    assert client.get("/v1/videos/a/has-video").json() == {"img_name": "a", "has_video": False}
+    assert client.get("/v1/videos/a/content").json()["code"] == "not_found"
+    for name in ("history", "content"):
+        r = client.get(f"/v1/videos/{name}")
+        assert r.status_code == 200 and r.json()["img_name"] == name, r.text
+        assert r.json()["video_status"] == "pending"
+    for path in ("a/historyx", "a/history/x", "a/b"):
+        r = client.get(f"/v1/videos/{path}")
+        assert r.status_code == 422 and "img_name" in r.json()["detail"], r.text

@@ -24,7 +24,7 @@ from app.api.deps import (
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
 from app.api.idempotency import idempotency, respond
-from app.api.paths import IMG
+from app.api.paths import IMG, IMG_ONLY
 from app.api.schemas import (
     BatchStatusIn,
     BatchStatusOut,
@@ -100,6 +100,49 @@ def request_video(
         idem=idem,
     )
     return respond(outcome, 202, _location(body.img_name))
+
+
+@router.get(
+    f"/videos/{IMG_ONLY}",
+    response_model=VideoStatus,
+    responses=READ_ERRORS,
+    summary="The status of one image (or as of a version or time)",
+    openapi_extra={"parameters": as_of_parameters()},
+)
+def get_status(img_name: str, request: Request) -> Response:
+    # The hottest route, so the first GET to be matched (`IMG_ONLY`: FastAPI
+    # tries each route in turn, twice): the caller is checked by the read
+    # itself (see `deps.access`), and ?at= / ?version= are parsed only when sent.
+    caller = access(request, "read")
+    q = queries_of(request)
+    name = _name(img_name)
+    if not request.scope["query_string"]:
+        return _json(status_body(q.status(name, caller)))
+    as_of = _as_of(request)
+    at, version = as_of.at, as_of.version
+    if at is not None and version is not None:
+        raise ValidationFailed(
+            "give either 'at' or 'version', not both",
+            errors=[{"loc": ["query", "at"], "msg": "give either 'at' or 'version', not both"}],
+        )
+    if at is not None and at.tzinfo is None:
+        raise ValidationFailed(
+            "'at' needs a time zone (e.g. a trailing Z)",
+            errors=[{"loc": ["query", "at"], "msg": "needs a time zone"}],
+        )
+    if at is not None or version is not None:
+        return _json(status_body(q.status_as_of(name, version=version, at=at, access=caller)))
+    return _json(status_body(q.status(name, caller)))
+
+
+def _as_of(request: Request) -> StatusAsOf:
+    """`?at=` and `?version=`, validated as FastAPI validates query parameters
+    (the same 422 problem on a bad value); other parameters are ignored."""
+    try:
+        return StatusAsOf.model_validate(dict(request.query_params))
+    except PydanticValidationError as exc:
+        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
+        raise RequestValidationError(errors) from None
 
 
 @router.post(
@@ -269,48 +312,6 @@ def retry_video(
         ),
         202,
     )
-
-
-@router.get(
-    f"/videos/{IMG}",
-    response_model=VideoStatus,
-    responses=READ_ERRORS,
-    summary="The status of one image (or as of a version or time)",
-    openapi_extra={"parameters": as_of_parameters()},
-)
-def get_status(img_name: str, request: Request) -> Response:
-    # The hottest route: the caller is checked by the read itself (see
-    # `deps.access`), and ?at= / ?version= are parsed only when sent.
-    caller = access(request, "read")
-    q = queries_of(request)
-    name = _name(img_name)
-    if not request.scope["query_string"]:
-        return _json(status_body(q.status(name, caller)))
-    as_of = _as_of(request)
-    at, version = as_of.at, as_of.version
-    if at is not None and version is not None:
-        raise ValidationFailed(
-            "give either 'at' or 'version', not both",
-            errors=[{"loc": ["query", "at"], "msg": "give either 'at' or 'version', not both"}],
-        )
-    if at is not None and at.tzinfo is None:
-        raise ValidationFailed(
-            "'at' needs a time zone (e.g. a trailing Z)",
-            errors=[{"loc": ["query", "at"], "msg": "needs a time zone"}],
-        )
-    if at is not None or version is not None:
-        return _json(status_body(q.status_as_of(name, version=version, at=at, access=caller)))
-    return _json(status_body(q.status(name, caller)))
-
-
-def _as_of(request: Request) -> StatusAsOf:
-    """`?at=` and `?version=`, validated as FastAPI validates query parameters
-    (the same 422 problem on a bad value); other parameters are ignored."""
-    try:
-        return StatusAsOf.model_validate(dict(request.query_params))
-    except PydanticValidationError as exc:
-        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
-        raise RequestValidationError(errors) from None
 
 
 @router.delete(
