@@ -8,7 +8,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-#: The current request's id, set by the API's RequestId middleware.
+#: The current request's id, set by the API's middleware (`app.api.middleware.Edge`).
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {

@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from app import bootstrap
 from app.api import errors
 from app.api.deps import AuthGate
-from app.api.metrics import HttpMetrics, Metrics, StateCollector
-from app.api.middleware import BodyLimit, RequestId
+from app.api.metrics import Metrics, StateCollector
+from app.api.middleware import Edge
 from app.api.routes import admin, events, generators, me, stream, videos, webhooks, worker
 from app.api.views import event_body
 from app.config import Settings
@@ -171,7 +171,5 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
             expose_headers=["Location", "Idempotent-Replayed", "X-Request-ID"],
         )
-    app.add_middleware(HttpMetrics, metrics=metrics)
-    app.add_middleware(BodyLimit)
-    app.add_middleware(RequestId)
+    app.add_middleware(Edge, metrics=metrics)
     return app

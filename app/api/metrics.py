@@ -8,14 +8,13 @@ Counters count what this process did; gauges read the database when
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from app.errors import AppError
 from app.events.types import RecordedEvent
@@ -75,6 +74,24 @@ class Metrics:
             "Leases the reaper found expired",
             registry=registry,
         )
+        # The labelled children of `http`, by (route, method, status):
+        # `labels()` takes a lock and builds them anew on every call. A dict of
+        # a few hundred entries at most (route templates, not paths).
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def http(self, scope: Scope, status: int, seconds: float) -> None:
+        """Count and time one HTTP request by its route template."""
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        key = (template, scope["method"], status)
+        children = self._http.get(key)
+        if children is None:
+            children = self._http[key] = (
+                self.requests.labels(template, key[1], str(status)),
+                self.latency.labels(template, key[1]),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def on_delivery(self, claimed: Claimed, outcome: Outcome) -> None:
         code = outcome.status_code
@@ -214,42 +231,3 @@ class StateCollector(Collector):
             workers.add_metric(["busy"], busy)
             workers.add_metric(["idle"], capacity - busy)
             yield workers
-
-
-class HttpMetrics:
-    """ASGI middleware: count and time every request by its route template."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-        # The labelled children, by (route, method, status): `labels()` takes
-        # a lock and builds them anew on every call. A dict of a few hundred
-        # entries at most (route templates, not paths).
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = [500]
-
-        async def send_status(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            key = (template, scope["method"], status[0])
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = (
-                    self.metrics.requests.labels(key[0], key[1], str(key[2])),
-                    self.metrics.latency.labels(key[0], key[1]),
-                )
-            children[0].inc()
-            children[1].observe(time.perf_counter() - started)

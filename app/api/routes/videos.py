@@ -55,6 +55,13 @@ IdempotencyKey = Annotated[
     ),
 ]
 READ_ERRORS = responses(401, 403, 422)
+#: The path parameter of a route that reads it by hand, as FastAPI declares one.
+IMG_PARAMETER = {
+    "name": "img_name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "title": "Img Name"},
+}
 WRITE_ERRORS = responses(401, 403, 409, 413, 422)
 
 
@@ -107,12 +114,13 @@ def request_video(
     response_model=VideoStatus,
     responses=READ_ERRORS,
     summary="The status of one image (or as of a version or time)",
-    openapi_extra={"parameters": as_of_parameters()},
+    openapi_extra={"parameters": [IMG_PARAMETER, *as_of_parameters()]},
 )
-def get_status(img_name: str, request: Request) -> Response:
+def get_status(request: Request) -> Response:
     # The hottest route, so the first GET to be matched (`IMG_ONLY`: FastAPI
     # tries each route in turn, twice): the caller is checked by the read
     # itself (see `deps.access`), and ?at= / ?version= are parsed only when sent.
+    img_name: str = request.path_params["img_name"]  # no parameters for FastAPI to solve
     caller = access(request, "read")
     q = queries_of(request)
     name = _name(img_name)
