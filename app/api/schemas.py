@@ -19,7 +19,22 @@ PARAMS_MAX_BYTES = 16 * 1024
 ImgName = Annotated[StrictStr, AfterValidator(check_img_name)]
 SourceType = Annotated[StrictStr, Field(pattern=SOURCE_TYPE_RE.pattern)]
 GeneratorName = Annotated[StrictStr, Field(pattern=GENERATOR_RE.pattern)]
-Reason = Annotated[StrictStr, Field(max_length=2000)]
+
+
+def storable(value: str) -> str:
+    """Text any database can keep: no NUL (PostgreSQL's text and JSONB refuse
+    it) and no lone surrogate (a JSON "\\ud800" decodes to one; no UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Reason = Annotated[StrictStr, Field(max_length=2000), AfterValidator(storable)]
+Prompt = Annotated[StrictStr, Field(max_length=2000), AfterValidator(storable)]
 WorkerId = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 LeaseToken = Annotated[StrictStr, Field(min_length=1, max_length=64)]
 VideoStatusName = Literal["none", "pending", "processing", "completed", "failed", "cancelled"]
@@ -28,8 +43,11 @@ VideoStatusName = Literal["none", "pending", "processing", "completed", "failed"
 def _small_params(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return value
-    if len(json.dumps(value)) > PARAMS_MAX_BYTES:
+    dumped = json.dumps(value)
+    if len(dumped) > PARAMS_MAX_BYTES:
         raise ValueError(f"params must be at most {PARAMS_MAX_BYTES} bytes of JSON")
+    if "\\u0000" in dumped:
+        raise ValueError("params must not contain NUL characters (JSONB refuses them)")
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -45,7 +63,7 @@ class _In(BaseModel):
 class VideoRequestIn(_In):
     img_name: ImgName
     source_type: SourceType
-    prompt: Annotated[StrictStr, Field(max_length=2000)] | None = None
+    prompt: Prompt | None = None
     params: Annotated[dict[str, Any] | None, AfterValidator(_small_params)] = None
     regenerate: StrictBool = False
     generator: GeneratorName | None = Field(
@@ -105,7 +123,9 @@ class LeaseIn(_In):
 
 class CompleteIn(_In):
     lease_token: LeaseToken
-    video_filename: Annotated[StrictStr, Field(min_length=1, max_length=600)]
+    video_filename: Annotated[
+        StrictStr, Field(min_length=1, max_length=600), AfterValidator(storable)
+    ]
     metadata: Annotated[dict[str, Any] | None, AfterValidator(_small_params)] = None
 
 
@@ -114,7 +134,9 @@ class FailIn(_In):
     error_code: Annotated[
         StrictStr, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=100)
     ]
-    error_message: Annotated[StrictStr, Field(min_length=1, max_length=2000)]
+    error_message: Annotated[
+        StrictStr, Field(min_length=1, max_length=2000), AfterValidator(storable)
+    ]
     retryable: StrictBool
 
 

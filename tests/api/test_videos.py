@@ -705,3 +705,32 @@ def test_an_image_path_that_ends_in_a_tail_goes_to_that_tail(client: TestClient)
     for path in ("a/historyx", "a/history/x", "a/b"):
         r = client.get(f"/v1/videos/{path}")
         assert r.status_code == 422 and "img_name" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"img_name": "t.png", "source_type": "scene", "prompt": "a\\u0000b"}',
+        '{"img_name": "t.png", "source_type": "scene", "prompt": "a\\ud800b"}',
+        '{"img_name": "t.png", "source_type": "scene", "params": {"k": "a\\u0000"}}',
+        '{"img_name": "t.png", "source_type": "scene", "params": {"k\\u0000": 1}}',
+    ],
+    ids=["nul-prompt", "surrogate-prompt", "nul-param", "nul-param-key"],
+)
+def test_text_no_database_can_keep_is_a_422(client: TestClient, body: str) -> None:
+    """PostgreSQL's text and JSONB refuse NUL: a clear 422 on every database,
+    never a 500, and nothing written."""
+    r = client.post("/v1/videos", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["code"] == "validation_error", r.text
+    assert client.get("/v1/videos/t.png").json()["version"] == 0
+
+
+def test_a_reason_no_database_can_keep_is_a_422(client: TestClient) -> None:
+    assert (
+        client.post("/v1/videos", json={"img_name": IMG, "source_type": "scene"}).status_code == 202
+    )
+    r = client.post(f"/v1/videos/{IMG}/cancel", json={"reason": "x\u0000"})
+    assert r.status_code == 422, r.text
+    r = client.delete(f"/v1/videos/{IMG}", params={"reason": "x\u0000"})
+    assert r.status_code == 422, r.text
+    assert client.get(f"/v1/videos/{IMG}").json()["video_status"] == "pending"

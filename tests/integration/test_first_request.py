@@ -46,7 +46,11 @@ ROW_OWN = {"img_name", "not_before", "requested_at", "updated_at", "last_positio
 requests = st.fixed_dictionaries(
     {
         "source_type": st.sampled_from(["scene", "role_card", "upload"]),
-        "prompt": st.none() | st.text(max_size=40),
+        # Text the API lets in (`schemas.storable`): no NUL, no lone surrogate.
+        "prompt": st.none()
+        | st.text(
+            st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40
+        ),
         "params": st.none()
         | st.fixed_dictionaries(
             {},

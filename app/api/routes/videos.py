@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import AfterValidator
 from pydantic import ValidationError as PydanticValidationError
 
 from app.api.deps import (
@@ -38,6 +39,7 @@ from app.api.schemas import (
     VideoStatus,
     VideoStatusName,
     as_of_parameters,
+    storable,
 )
 from app.api.views import status_body, status_path, transition_body
 from app.errors import NotFound, RangeNotSatisfiable, ValidationFailed
@@ -333,7 +335,7 @@ def delete_video(
     img_name: str,
     request: Request,
     svc: Service,
-    reason: Annotated[str | None, Query(max_length=2000)] = None,
+    reason: Annotated[str | None, Query(max_length=2000), AfterValidator(storable)] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     idem = idempotency(idempotency_key, "delete", {"reason": reason}, 200)
