@@ -37,6 +37,9 @@ class Backend(Protocol):
     constraint_names_are_global: bool
     #: Whether `copy_in` and `copy_out` work (bulk paths of a rebuild).
     supports_copy: bool
+    #: Whether a write that is one statement runs alone, in autocommit
+    #: (`Database.write_alone`, `fuse_first_append`).
+    writes_alone: bool
 
     def __hash__(self) -> int:  # statements are built once per backend, cached by it
         ...

@@ -63,7 +63,7 @@ class VideoCommands(CommandBase):
         from `none`, and the statement writes only where the image has no
         row, which is `none` at version 0."""
         admitted = actor.admitted()
-        if admitted is None:
+        if admitted is None or not self.db.backend.writes_alone:
             return None
         new = self._event(
             None,

@@ -66,6 +66,7 @@ class PostgresBackend:
     name = "postgresql"
     constraint_names_are_global = True  # constraints are backed by indexes, named per schema
     supports_copy = True
+    writes_alone = True
 
     # --- running statements ------------------------------------------------------
 

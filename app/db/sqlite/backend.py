@@ -39,6 +39,7 @@ class SqliteBackend:
     name = "sqlite"
     constraint_names_are_global = False  # they live inside each table's DDL
     supports_copy = False
+    writes_alone = False
 
     # --- running statements ------------------------------------------------------
 
