@@ -220,11 +220,16 @@ class Gate:
         # mode is over for good. Until then, ask every time: the first key
         # closes open mode at once, even in a server that is already running,
         # whichever process created it.
-        if self.loopback and not self._keys_exist:
+        if self.may_be_open():
             self._keys_exist = any_key()
             if not self._keys_exist:
                 return ANONYMOUS
         raise Unauthorized("an API key is required: send Authorization: Bearer <key>")
+
+    def may_be_open(self) -> bool:
+        """Whether open mode may still hold: on loopback, with no key seen yet
+        (a caller without a key must then ask whether one exists now)."""
+        return self.loopback and not self._keys_exist
 
     def known(self, principal: Principal | None) -> Principal:
         """A caller with a key, given what the key turned out to be."""
@@ -257,7 +262,7 @@ class Access:
         `check` can tell (a malformed key, or open mode known to be over):
         such a caller takes the checked way, which names the refusal."""
         if self.secret is None:
-            if self.gate.loopback and not self.gate._keys_exist:
+            if self.gate.may_be_open():
                 return ADMITTED["open"], {}
             return None
         prefix = _prefix(self.secret)

@@ -102,6 +102,10 @@ def unchecked_actor(request: Request, permission: str) -> Actor:
     return Actor.unchecked(access(request, permission), correlation_id=rid)
 
 
+#: The attribute `checks_caller` sets on a route's endpoint.
+CHECKS_CALLER = "vidledger_checks_caller"
+
+
 def checks_caller(permission: str) -> Callable[[E], E]:
     """Mark a route whose work checks its caller (`unchecked_actor`): any error
     found before that check (a body, a header, a path that is wrong) goes only
@@ -113,10 +117,6 @@ def checks_caller(permission: str) -> Callable[[E], E]:
         return endpoint
 
     return mark
-
-
-#: The attribute `checks_caller` sets on a route's endpoint.
-CHECKS_CALLER = "vidledger_checks_caller"
 
 
 def checked_later(request: Request) -> str | None:

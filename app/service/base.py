@@ -85,6 +85,7 @@ class Actor:
 
     @classmethod
     def unchecked(cls, access: Access, correlation_id: str | None = None) -> Actor:
+        """An API caller, named by its key once its command has checked it."""
         return cls(ANONYMOUS.name, correlation_id, access)
 
     def checked(self, conn: Connection) -> Actor:
