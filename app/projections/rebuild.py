@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import groupby
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Index, Table, insert, select, update
 from sqlalchemy.schema import CreateTable
 
 from app.db.backend import LockTimeout, backend_of
@@ -204,6 +205,19 @@ def _final_swap(db: Database, shadow: Table, cursor: str, report: RebuildReport)
     report.swap_seconds = time.perf_counter() - started
 
 
+def _create_indexes(db: Database, shadow: Table, parallel: int) -> None:
+    """The shadow's secondary indexes, `parallel` at a time, each on its own
+    connection (PostgreSQL builds one with one core: the others would idle)."""
+
+    def create(index: Index) -> None:
+        with db.write() as conn:
+            index.create(conn)
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        for done in [pool.submit(create, index) for index in shadow.indexes]:
+            done.result()  # the first failure, raised here
+
+
 def rebuild(
     db: Database, *, batch: int = 5000, progress: Progress | None = None, parallel: int = 1
 ) -> RebuildReport:
@@ -231,9 +245,7 @@ def rebuild(
             cursor = bulk_replay.replay_prefix(db, shadow, batch, progress, report, parallel)
         else:
             cursor = _replay_prefix(db, shadow, batch, progress, report)
-        with db.write() as conn:
-            for index in shadow.indexes:
-                index.create(conn)
+        _create_indexes(db, shadow, parallel if bulk else 1)
         for attempt in range(1, SWAP_ATTEMPTS + 1):
             cursor = _catch_up(db, shadow, cursor, batch, progress, report)
             try:
