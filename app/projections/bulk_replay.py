@@ -18,7 +18,7 @@ import orjson
 from sqlalchemy import Connection, Select, Table, func, select
 
 from app.db.backend import backend_of
-from app.db.copy_text import COPY_ESCAPES, COPY_NULL, copy_bool, copy_json
+from app.db.copy_text import COPY_NULL, copy_bool, copy_json, escape
 from app.db.engine import Database, open_database
 from app.db.tables import events
 from app.events.types import CURRENT_SCHEMA, Json
@@ -128,7 +128,7 @@ def _line_formats() -> list[Callable[[Any, dict[int, tuple[datetime, str]]], str
     hints = get_type_hints(StatusRow)
 
     def text(v: str | None, _: object) -> str:
-        return COPY_NULL if v is None else v.translate(COPY_ESCAPES)
+        return COPY_NULL if v is None else escape(v)
 
     def flag(v: bool | None, _: object) -> str:
         return copy_bool(v)
