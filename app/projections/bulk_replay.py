@@ -218,10 +218,14 @@ def _replay_range(
     folder.close()
 
 
-def _replay_partition(
-    url: str, cursor: str, lower: str | None, upper: str | None, batch: int, queue: Any
-) -> None:
-    """A child process's share of a parallel replay; reports through `queue`."""
+def _replay_partition(url: str, batch: int, tasks: Any, queue: Any) -> None:
+    """A child process's share of a parallel replay: the range it takes from
+    `tasks` (None: nothing to do); reports through `queue`."""
+    task = tasks.get()
+    if task is None:
+        queue.put(("rows", 0))
+        return
+    cursor, lower, upper = task
     db = open_database(url, pool_size=2)
     try:
         with db.read() as conn:
@@ -238,15 +242,22 @@ def _replay_partition(
         db.dispose()
 
 
-def _split_points(conn: Connection, cursor: str, parts: int) -> list[str]:
-    """img_names that cut the prefix into `parts` runs of about equal events."""
+def _prefix_size(conn: Connection, cursor: str) -> int:
+    """How many events the prefix up to `cursor` holds."""
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(events)
+            .where(backend_of(conn).feed_up_to(events, cursor))
+        ).scalar_one()
+    )
+
+
+def _split_points(conn: Connection, cursor: str, total: int, parts: int) -> list[str]:
+    """img_names that cut the prefix (`total` events) into `parts` runs of
+    about equal events."""
     c = events.c
-    total = conn.execute(
-        select(func.count()).select_from(events).where(backend_of(conn).feed_up_to(events, cursor))
-    ).scalar_one()
     points: list[str] = []
-    if total < PARALLEL_MIN_EVENTS:
-        return points  # starting processes would cost more than it saves
     for k in range(1, parts):
         point = conn.execute(
             select(c.img_name)
@@ -277,24 +288,29 @@ def replay_prefix(
     """
     with db.snapshot() as conn:
         _, cursor = backend_of(conn).feed_start_after_snapshot(conn, events)
-        points = _split_points(conn, cursor, parallel) if parallel > 1 else []
-    if not points:
+        total = _prefix_size(conn, cursor) if parallel > 1 else 0
+    if total < PARALLEL_MIN_EVENTS:  # starting processes would cost more than it saves
         _replay_range(db, shadow, cursor, None, None, batch, progress, report)
         return cursor
-    bounds = list(zip([None, *points], [*points, None], strict=True))
+    # The processes start first: they import while the ranges are cut.
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
+    tasks, queue = context.Queue(), context.Queue()
     url = db.writer.url.render_as_string(hide_password=False)
     procs = [
-        context.Process(
-            target=_replay_partition, args=(url, cursor, lo, hi, batch, queue), daemon=True
-        )
-        for lo, hi in bounds
+        context.Process(target=_replay_partition, args=(url, batch, tasks, queue), daemon=True)
+        for _ in range(parallel)
     ]
     for p in procs:
         p.start()
     finished = 0
     try:
+        with db.snapshot() as conn:
+            points = _split_points(conn, cursor, total, parallel)
+        bounds = list(zip([None, *points], [*points, None], strict=True))
+        for lower, upper in bounds:
+            tasks.put((cursor, lower, upper))
+        for _ in range(len(procs) - len(bounds)):
+            tasks.put(None)
         while finished < len(procs):
             kind, value = queue.get(timeout=600)
             if kind == "events":
@@ -307,6 +323,9 @@ def replay_prefix(
             else:
                 raise RuntimeError(f"a rebuild process failed: {value}")
     finally:
+        if finished < len(procs):
+            for _ in procs:
+                tasks.put(None)  # any child still waiting for a range
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
