@@ -160,6 +160,7 @@ def create_app(
     app.state.feed_ping_seconds = 15.0  # SSE keep-alive comments; tests shorten it
 
     errors.install(app)
+    videos.add_hot_routes(app)  # first: matched before any included router
     for module in (videos, generators, events, stream, worker, admin, webhooks, me):
         app.include_router(module.router)
     mount_ui(app)

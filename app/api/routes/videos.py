@@ -6,7 +6,7 @@ import re
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi import APIRouter, Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import AfterValidator
@@ -77,13 +77,6 @@ def _location(img_name: str) -> dict[str, str]:
     return {"Location": status_path(img_name)}
 
 
-@router.post(
-    "/videos",
-    status_code=202,
-    response_model=VideoStatus,
-    responses=WRITE_ERRORS,
-    summary="Request a video for an image",
-)
 @checks_caller("write")
 def request_video(
     body: VideoRequestIn,
@@ -111,17 +104,10 @@ def request_video(
     return respond(outcome, 202, _location(body.img_name))
 
 
-@router.get(
-    f"/videos/{IMG_ONLY}",
-    response_model=VideoStatus,
-    responses=READ_ERRORS,
-    summary="The status of one image (or as of a version or time)",
-    openapi_extra={"parameters": [IMG_PARAMETER, *as_of_parameters()]},
-)
 def get_status(request: Request) -> Response:
-    # The hottest route, so the first GET to be matched (`IMG_ONLY`: FastAPI
-    # tries each route in turn, twice): the caller is checked by the read
-    # itself (see `deps.access`), and ?at= / ?version= are parsed only when sent.
+    # The hottest route (see `add_hot_routes`): the caller is checked by the
+    # read itself (see `deps.access`), and ?at= / ?version= are parsed only
+    # when sent.
     img_name: str = request.path_params["img_name"]  # no parameters for FastAPI to solve
     caller = access(request, "read")
     q = queries_of(request)
@@ -153,6 +139,34 @@ def _as_of(request: Request) -> StatusAsOf:
     except PydanticValidationError as exc:
         errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
         raise RequestValidationError(errors) from None
+
+
+def add_hot_routes(app: FastAPI) -> None:
+    """The status read and the request, the two hottest routes, on the app
+    itself and first of all its routes (before `router` is included):
+    FastAPI matches an included router's routes through a wrapper of its
+    own, twice a request, which cost a status read more CPU than its query.
+    `IMG_ONLY` leaves the tails of an image's path to their routes."""
+    app.add_api_route(
+        "/v1/videos",
+        request_video,
+        methods=["POST"],
+        status_code=202,
+        response_model=VideoStatus,
+        responses=WRITE_ERRORS,
+        summary="Request a video for an image",
+        tags=["videos"],
+    )
+    app.add_api_route(
+        f"/v1/videos/{IMG_ONLY}",
+        get_status,
+        methods=["GET"],
+        response_model=VideoStatus,
+        responses=READ_ERRORS,
+        summary="The status of one image (or as of a version or time)",
+        openapi_extra={"parameters": [IMG_PARAMETER, *as_of_parameters()]},
+        tags=["videos"],
+    )
 
 
 @router.post(
