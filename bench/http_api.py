@@ -25,7 +25,7 @@ IMAGES = 10_000
 SECONDS = 5.0
 WARMUP_SECONDS = 1.0
 #: Rounds of (baseline, project in open mode), alternated.
-ROUNDS = 2
+ROUNDS = 3
 READ_CONNECTIONS = (16, 64)
 WRITE_CONNECTIONS = 16
 PROBE = "/v1/videos/img1.png"
