@@ -40,9 +40,7 @@ def require(permission: str) -> Callable[[Request], object]:
     """A dependency that admits callers whose role grants `permission`."""
 
     async def dependency(request: Request) -> Principal:
-        gate: AuthGate = request.app.state.auth
-        principal = await run_in_threadpool(gate.identify, _secret(request))
-        principal.require(permission)
+        principal = await run_in_threadpool(identify, request, permission)
         request.state.principal = principal
         return principal
 
@@ -61,7 +59,6 @@ def access(request: Request, permission: str) -> Access:
 
 
 Reader = Annotated[Principal, Depends(require("read"))]
-Writer = Annotated[Principal, Depends(require("write"))]
 Worker = Annotated[Principal, Depends(require("worker"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
 
@@ -87,10 +84,6 @@ def service_of(request: Request) -> VideoService:
 def queries_of(request: Request) -> VideoQueries:
     q: VideoQueries = request.app.state.queries
     return q
-
-
-def actor(request: Request, principal: Principal) -> Actor:
-    return Actor(principal.name, correlation_id=getattr(request.state, "request_id", None))
 
 
 def unchecked_actor(request: Request, permission: str) -> Actor:

@@ -31,9 +31,8 @@ IMG = "{img_name:img_name}"
 class ImgNameOnlyConvertor(ImgNameConvertor):
     """An img_name that is the whole rest of the path, unless that rest ends in
     the tail of another GET route of an image (`/history`, …): those paths
-    belong to that route, as they do when it is tried first. So the status
-    route can be tried before them (the order routes are matched in is the
-    order they were added, and each try costs)."""
+    belong to that route, as they would if it were tried first. So the status
+    route can be tried before all others (`videos.add_hot_routes`)."""
 
     regex = "(?s:(?!.*/(?:has-video|content|history)$).*)"
 
