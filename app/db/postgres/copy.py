@@ -20,7 +20,9 @@ def copy_out(
 ) -> None:
     """Stream `query`'s rows as text fields through COPY (PostgreSQL only).
 
-    Runs inside `conn`'s transaction, so it sees that snapshot. Timestamps
+    `query` should be ordered as an index is (or not at all): the rows are
+    read without a sort where the planner can. Runs inside `conn`'s
+    transaction, so it sees that snapshot. Timestamps
     come out in UTC. Only the fields at indexes `escaped` are unescaped (and
     may be NULL); the caller promises the others are plain, NOT NULL text
     such as numbers, names of statuses and timestamps.
@@ -30,6 +32,11 @@ def copy_out(
     conn.execute(text("SET LOCAL timezone = 'UTC'"))
     # A plain ordered scan: JIT compilation only adds latency before the first row.
     conn.execute(text("SET LOCAL jit = off"))
+    # Rows in an index's order stream from that index from the first row on.
+    # Left to itself the planner sorts a large table instead (in parallel,
+    # spilling to disk): that holds every row back until the sort ends, and
+    # takes the cores of the process folding them (a rebuild: about 15% faster).
+    conn.execute(text("SET LOCAL enable_sort = off"))
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]  # psycopg2
     try:
         cursor.copy_expert(f"COPY ({sql}) TO STDOUT", LineSink(on_row, escaped))
