@@ -85,15 +85,27 @@ def run(report: Report) -> None:
             dsn = f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
             env = {"VIDLEDGER_BENCH_URL": url}
             # Alternate the two servers, so that a drift in the machine's load
-            # lands on both sides of the ratio; each figure is the mean.
-            baselines, opens = [], []
-            for n in range(1, ROUNDS + 1):
+            # lands on both sides of the ratio; each figure is the mean. Each
+            # round swaps which side goes first (B P, P B, B P): with one order
+            # throughout, a machine slowing down over the run always lands
+            # on the side that goes second.
+            baselines: list[dict[str, Load]] = []
+            opens: list[dict[str, Load]] = []
+
+            def baseline_round(n: int) -> None:
                 print(f"  round {n}: baseline (FastAPI + psycopg2 pool)", flush=True)
                 with serve("bench.baseline_app:app", {"VIDLEDGER_BENCH_DSN": dsn}, PROBE) as base:
                     baselines.append(_measure(base))
+
+            def project_round(n: int) -> None:
                 print(f"  round {n}: project, open mode", flush=True)
                 with serve("bench.servers:project", env, PROBE) as base:
                     opens.append(_measure(base))
+
+            for n in range(1, ROUNDS + 1):
+                sides = (baseline_round, project_round)
+                for side in sides if n % 2 else reversed(sides):
+                    side(n)
             baseline, open_mode = _mean(baselines), _mean(opens)
             # With a key, as any server off loopback runs: one key lookup per request.
             secret = keys.create_key(db, "bench", Role.WRITE, utcnow())
