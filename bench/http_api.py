@@ -17,7 +17,7 @@ from app.projections import rebuild
 from app.service import utcnow
 from bench import dataset, wrk
 from bench.pg import scratch_database
-from bench.report import Report, Row
+from bench.report import Report, Row, in_turn
 from bench.servers import serve
 from bench.wrk import Load
 
@@ -84,11 +84,9 @@ def run(report: Report) -> None:
             u = make_url(url)
             dsn = f"host={u.host} port={u.port} user={u.username} dbname={u.database}"
             env = {"VIDLEDGER_BENCH_URL": url}
-            # Alternate the two servers, so that a drift in the machine's load
-            # lands on both sides of the ratio; each figure is the mean. Each
-            # round swaps which side goes first (B P, P B, B P): with one order
-            # throughout, a machine slowing down over the run always lands
-            # on the side that goes second.
+            # Alternate the two servers, each round swapping which goes first,
+            # so that a drift in the machine's load lands on both sides of the
+            # ratio; each figure is the mean.
             baselines: list[dict[str, Load]] = []
             opens: list[dict[str, Load]] = []
 
@@ -103,8 +101,7 @@ def run(report: Report) -> None:
                     opens.append(_measure(base))
 
             for n in range(1, ROUNDS + 1):
-                sides = (baseline_round, project_round)
-                for side in sides if n % 2 else reversed(sides):
+                for side in in_turn(n, (baseline_round, project_round)):
                     side(n)
             baseline, open_mode = _mean(baselines), _mean(opens)
             # With a key, as any server off loopback runs: one key lookup per request.

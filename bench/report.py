@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def in_turn(n: int, sides: Sequence[T]) -> Sequence[T]:
+    """The sides of round `n` (from 1) in the order they run, swapped every
+    other round (A B, B A, A B): with one order throughout, a machine that
+    slows over a run would always land on the side that goes second."""
+    return sides if n % 2 else sides[::-1]
+
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

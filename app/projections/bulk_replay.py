@@ -12,7 +12,6 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 from operator import attrgetter
 from typing import Any, get_type_hints
 
@@ -124,44 +123,32 @@ class _CopyFolder:
         self._count()
 
 
-class _Kind(Enum):
-    """How a status column goes into COPY's text format."""
-
-    TEXT = "text"
-    FLAG = "flag"
-    NUMBER = "number"
-    STATUS = "status"
-    JSON = "json"
-    STAMP = "stamp"
+#: How a status column goes into COPY's text format. Plain numbers, not an
+#: Enum: the line formatter compares them for every column of every row, and
+#: an Enum member's lookup showed there.
+_TEXT, _FLAG, _NUMBER, _STATUS, _JSON, _STAMP = range(6)
 
 
-def _column_kinds() -> list[_Kind]:
+def _column_kinds() -> list[int]:
     """Each status column's kind, in `status.COLUMNS` order, from the type of
     the `StatusRow` field it writes (a new type fails here, at import)."""
     hints = get_type_hints(StatusRow)
-    by_type: dict[Any, _Kind] = {
-        str: _Kind.TEXT,
-        str | None: _Kind.TEXT,
-        bool: _Kind.FLAG,
-        bool | None: _Kind.FLAG,
-        int: _Kind.NUMBER,
-        float | None: _Kind.NUMBER,
-        Status: _Kind.STATUS,
-        Json | None: _Kind.JSON,
-        datetime | None: _Kind.STAMP,
+    by_type: dict[Any, int] = {
+        str: _TEXT,
+        str | None: _TEXT,
+        bool: _FLAG,
+        bool | None: _FLAG,
+        int: _NUMBER,
+        float | None: _NUMBER,
+        Status: _STATUS,
+        Json | None: _JSON,
+        datetime | None: _STAMP,
     }
     return [by_type[hints[name]] for name in status.COLUMNS]
 
 
 _KINDS = _column_kinds()
 _FIELDS = attrgetter(*status.COLUMNS)
-_TEXT, _FLAG, _NUMBER, _STAMP, _STATUS = (
-    _Kind.TEXT,
-    _Kind.FLAG,
-    _Kind.NUMBER,
-    _Kind.STAMP,
-    _Kind.STATUS,
-)
 
 
 def _copy_line(r: StatusRow, stamps: dict[int, tuple[datetime, str]]) -> str:
@@ -179,16 +166,16 @@ def _copy_line(r: StatusRow, stamps: dict[int, tuple[datetime, str]]) -> str:
     for kind, v in zip(_KINDS, _FIELDS(r), strict=True):
         if v is None:
             add(COPY_NULL)
-        elif kind is _TEXT:
+        elif kind == _TEXT:
             add(escape(v))
-        elif kind is _NUMBER:
+        elif kind == _NUMBER:
             add(str(v))
-        elif kind is _STAMP:
+        elif kind == _STAMP:
             known = stamps.get(id(v))
             add(known[1] if known is not None else v.isoformat())
-        elif kind is _FLAG:
+        elif kind == _FLAG:
             add(copy_bool(v))
-        elif kind is _STATUS:
+        elif kind == _STATUS:
             add(v.value)
         else:
             add(copy_json(v))

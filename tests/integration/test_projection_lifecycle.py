@@ -34,7 +34,7 @@ def lifecycle(svc: VideoService, n: int, prefix: str = "img") -> list[str]:
     for i in range(n):
         name = f"{prefix}{i}.png"
         names.append(name)
-        # Text COPY must escape, as a rebuild writes it: tab, newline, backslash, `\\N`.
+        # Text COPY must escape, as a rebuild writes it: tab, newline, backslash, `\N`.
         prompt = f"p{i}" if i % 3 else f"p{i}\tta\nb\\N back\\slash\r ü"
         svc.request_video(name, "scene" if i % 2 else "upload", ME, prompt=prompt)
     for i in range(len(names)):

@@ -22,10 +22,10 @@ def copy_out(
 
     `query` should be ordered as an index is (or not at all): the rows are
     read without a sort where the planner can. Runs inside `conn`'s
-    transaction, so it sees that snapshot. Timestamps
-    come out in UTC. Only the fields at indexes `escaped` are unescaped (and
-    may be NULL); the caller promises the others are plain, NOT NULL text
-    such as numbers, names of statuses and timestamps.
+    transaction, so it sees that snapshot. Timestamps come out in UTC. Only
+    the fields at indexes `escaped` are unescaped (and may be NULL); the
+    caller promises the others are plain, NOT NULL text such as numbers,
+    names of statuses and timestamps.
     """
     sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     # COPY has no Core construct; the query itself is compiled from Core above.
