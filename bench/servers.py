@@ -35,8 +35,9 @@ UVICORN_ARGS = [
 
 def project() -> FastAPI:
     """uvicorn's factory for the project: `create_app` as `vidledger serve
-    --no-worker` builds it, minus the reaper (nothing here holds a lease)."""
-    from app.api import create_app
+    --no-worker` builds it, minus the reaper (nothing here holds a lease),
+    its startup heap frozen as `serve` does."""
+    from app.api import create_app, freeze_startup_heap
     from app.config import Settings
 
     settings = Settings(
@@ -44,7 +45,9 @@ def project() -> FastAPI:
         videos_dir=Path(tempfile.gettempdir()) / "vidledger-bench-videos",
         log_level="warning",
     )
-    return create_app(settings)
+    app = create_app(settings)
+    freeze_startup_heap()
+    return app
 
 
 def _free_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import threading
@@ -47,6 +48,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def freeze_startup_heap() -> None:
+    """Put everything a server process has built so far (its modules, the app,
+    the statements) out of the garbage collector's reach, just before it
+    serves. A full collection then walks only what requests made: under
+    load one took about 95 ms of the one core the API has, every 2 s, and
+    now takes 1 or 2 ms (`make bench`, HTTP). For servers, not for tests,
+    which build many apps in one process."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(

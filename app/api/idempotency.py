@@ -12,7 +12,8 @@ import hashlib
 import json
 from typing import Any
 
-from fastapi.responses import JSONResponse
+import orjson
+from fastapi.responses import Response
 
 from app.api.views import status_body
 from app.events.types import Json
@@ -33,10 +34,16 @@ def idempotency(key: str | None, operation: str, body: Any, status: int) -> Idem
     return Idempotency(key=key, fingerprint=fingerprint, answer=answer)
 
 
-def respond(outcome: Outcome, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The HTTP answer to a client command: `status` and the new state, or a replay."""
+def respond(outcome: Outcome, status: int, headers: dict[str, str] | None = None) -> Response:
+    """The HTTP answer to a client command: `status` and the new state, or a
+    replay. Written by orjson, in C: the request is the hottest write."""
     if isinstance(outcome, Replayed):
-        response = JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
-        response.headers["Idempotent-Replayed"] = "true"
-        return response
-    return JSONResponse(status_body(outcome), status_code=status, headers=headers)
+        headers = {**(headers or {}), "Idempotent-Replayed": "true"}
+        return _json(outcome.body, outcome.status, headers)
+    return _json(status_body(outcome), status, headers)
+
+
+def _json(body: Json, status: int, headers: dict[str, str] | None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type="application/json"
+    )

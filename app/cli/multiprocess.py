@@ -116,7 +116,7 @@ def _child(index: int, sock: socket.socket, plan: ChildPlan, parent: int) -> Non
     import uvicorn
 
     from app import logs
-    from app.api import create_app
+    from app.api import create_app, freeze_startup_heap
     from app.config import load_settings
 
     settings = load_settings()
@@ -132,6 +132,7 @@ def _child(index: int, sock: socket.socket, plan: ChildPlan, parent: int) -> Non
     )
     if duties:
         log.info("API process 0: running the background duties (worker, reaper, webhooks)")
+    freeze_startup_heap()
     uvicorn.Server(uvicorn.Config(app, log_config=None)).run(sockets=[sock])
 
 

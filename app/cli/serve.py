@@ -33,7 +33,7 @@ def serve(
     """Serve the HTTP API, with the worker in-process unless --no-worker."""
     import uvicorn
 
-    from app.api import create_app
+    from app.api import create_app, freeze_startup_heap
     from app.api.app import is_loopback
     from app.cli.multiprocess import ChildPlan, serve_processes
     from app.cli.multiprocess import bind as listen
@@ -65,6 +65,7 @@ def serve(
         worker_generators=generator,
         run_dispatcher=True,
     )
+    freeze_startup_heap()
     uvicorn.run(app, host=address, port=port or settings.port, log_config=None)
 
 

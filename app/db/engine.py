@@ -131,6 +131,10 @@ def _engine(url: str, pool_size: int, echo: bool, *, writer: bool) -> Engine:
             options["pool_reset_on_return"] = None
         else:
             options["isolation_level"] = "AUTOCOMMIT"
+            # Nor for a reader: in autocommit no transaction outlives its
+            # statement. psycopg2's rollback would still let go of the GIL,
+            # which under load cost every read a thread switch.
+            options["pool_reset_on_return"] = None
         # JSONB keeps the value, not the text: orjson writes it, in C (every
         # append sends two documents, its data and the row's params).
         options["json_serializer"] = _json_text

@@ -130,3 +130,34 @@ def test_a_status_read_waiting_behind_a_swap_sees_the_new_table(
         own.dispose()
     assert not isinstance(got, Exception), got
     assert got.row.video_status is Status.PENDING and got.row.version == 1
+
+
+def test_a_reader_goes_back_to_its_pool_holding_no_lock_and_no_transaction(
+    db_url: str,
+) -> None:
+    # A reader's connection is not rolled back when it goes back to the pool
+    # (no thread switch per read): autocommit must have ended everything.
+    # A status read's ACCESS SHARE lock left held would stall every rebuild.
+    own = open_database(db_url, pool_size=1)
+    try:
+        reads = VideoQueries(own)
+        reads.status("a.png")
+        reads.status("a.png")  # prepared by now: LOCK TABLE …; EXECUTE …
+        with own.read() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        admin = psycopg2.connect(db_url.replace("postgresql+psycopg2", "postgresql"))
+        try:
+            with admin.cursor() as cur:
+                cur.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,))
+                (state,) = cur.fetchone()  # type: ignore[misc]
+                cur.execute(
+                    "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'relation'",
+                    (pid,),
+                )
+                (locks,) = cur.fetchone()  # type: ignore[misc]
+        finally:
+            admin.close()
+    finally:
+        own.dispose()
+    assert state == "idle"
+    assert locks == 0
