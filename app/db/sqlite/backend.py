@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -30,6 +32,29 @@ from sqlalchemy.sql.expression import ColumnElement
 from app.db.statement import Statement
 
 _MAX = 2**63
+
+#: How long a new connection keeps trying to put the database in WAL mode.
+_WAL_SECONDS = 30.0
+
+
+def use_wal(cur: Any) -> None:
+    """Put the database in WAL mode, which its file keeps once set.
+
+    Switching takes the database's exclusive lock. Connections that switch
+    at the same moment, as the first connections of a server do on a
+    database that `db upgrade` left in rollback mode, deadlock on it, and
+    SQLite answers "database is locked" at once, busy timeout or not. So
+    look first (once one connection has switched, the rest find WAL), and
+    look again after a lost switch."""
+    deadline = time.monotonic() + _WAL_SECONDS
+    while cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")  # in memory: stays "memory"
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 class SqliteBackend:
@@ -62,7 +87,7 @@ class SqliteBackend:
             # connection opened while another one writes would otherwise fail
             # at once with "database is locked".
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA journal_mode=WAL")
+            use_wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
