@@ -134,15 +134,22 @@ class Worker:
         self._shutdown()
 
     def _safely(self, call: Callable[[], T]) -> T | None:
-        """Run a backend call; a database or network outage is logged, not fatal."""
+        """Run a backend call; a database or network outage is logged, not
+        fatal, and so is any other error: the loop must outlive one bad turn
+        (a thread that died here would leave the worker claiming nothing)."""
         try:
             return call()
         except AppError as exc:
             log.warning(
                 "worker call failed: %s", exc.detail, extra={"worker_id": self.config.worker_id}
             )
-            self.stop.wait(1.0)
-            return None
+        except Exception:
+            log.exception(
+                "worker call failed unexpectedly; going on",
+                extra={"worker_id": self.config.worker_id},
+            )
+        self.stop.wait(1.0)
+        return None
 
     def _start(self, task: Task) -> None:
         abort = threading.Event()

@@ -139,6 +139,49 @@ def q_now() -> Any:
     return utcnow()
 
 
+class FailsFirst(LocalBackend):
+    """The first claim and the first reap raise what no outage looks like
+    (as a SQLite connection that met "database is locked" did)."""
+
+    def __init__(self, svc: VideoService) -> None:
+        super().__init__(svc)
+        self.failed: set[str] = set()
+
+    def _first(self, what: str) -> None:
+        if what not in self.failed:
+            self.failed.add(what)
+            raise RuntimeError(f"an unexpected {what} error")
+
+    def claim(self, *args: Any, **kwargs: Any) -> Any:
+        self._first("claim")
+        return super().claim(*args, **kwargs)
+
+    def reap(self) -> Any:
+        self._first("reap")
+        return super().reap()
+
+
+def test_the_worker_loop_outlives_an_unexpected_error(
+    svc: VideoService, database: Database, dirs: tuple[Path, Path]
+) -> None:
+    make_png(dirs[0], "odd.png", (64, 48))
+    svc.request_video("odd.png", "scene", ME, params={"duration_seconds": 0.5, "fps": 8})
+    cfg = WorkerConfig(worker_id="w-odd", images_dir=dirs[0], videos_dir=dirs[1], poll_seconds=0.05)
+    backend = FailsFirst(svc)
+    worker = Worker(backend, {"kenburns": KenBurnsGenerator()}, cfg)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        q = VideoQueries(database)
+        wait_for(lambda: q.status("odd.png").row.video_status == "completed", 30)
+        assert backend.failed == {"claim", "reap"}
+        assert thread.is_alive()
+    finally:
+        worker.stop.set()
+        worker.wake.set()
+        thread.join(30)
+
+
 class AlwaysFlaky:
     name = "flaky"
 
