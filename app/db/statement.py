@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Insert, Select, Table
+from sqlalchemy import Connection, Dialect, Insert, Select, Table, Update
 
 from app.db.backend import backend_of
 
 
 class Statement:
-    """A Core SELECT or INSERT whose every parameter comes from the caller.
+    """A Core SELECT, INSERT or UPDATE whose every parameter comes from the caller.
 
     `prepare=True` lets a backend prepare it on the server, once per
     connection: for statements whose outcome does not depend on their
@@ -30,7 +30,7 @@ class Statement:
 
     def __init__(
         self,
-        statement: Select[Any] | Insert,
+        statement: Select[Any] | Insert | Update,
         *,
         prepare: bool = False,
         lock: tuple[Table, ...] = (),

@@ -8,14 +8,16 @@ do not wait for each other.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
     Row,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -25,6 +27,7 @@ from sqlalchemy import (
 )
 
 from app.db.backend import Backend, backend_of
+from app.db.statement import Statement
 from app.db.tables import image_status
 from app.db.tables import webhook_deliveries as deliveries
 from app.db.tables import webhook_endpoints as endpoints
@@ -109,6 +112,28 @@ def enabled_endpoints(conn: Connection) -> list[tuple[str, str | None]]:
     return [(endpoint_id, cursor) for endpoint_id, cursor in rows]
 
 
+def _due_statement() -> Statement:
+    e = endpoints.c
+    d = deliveries.c
+    now = bindparam("now", type_=d.next_attempt_at.type)
+    # Every value a parameter, the constants too (see `Statement`).
+    return Statement(
+        select(d.id)
+        .where(
+            d.status == bindparam("pending"),
+            d.next_attempt_at <= now,
+            or_(d.lease_until.is_(None), d.lease_until < now),
+            d.endpoint_id.not_in(select(e.id).where(e.state != bindparam("enabled"))),
+        )
+        .order_by(d.next_attempt_at, d.id)
+        .limit(bindparam("limit"))
+    )
+
+
+#: Built once: building it cost a claim more than running it.
+_DUE = _due_statement()
+
+
 def due(conn: Connection, now: datetime, limit: int) -> list[int]:
     """Up to `limit` due deliveries of enabled endpoints, oldest first.
 
@@ -118,20 +143,8 @@ def due(conn: Connection, now: datetime, limit: int) -> list[int]:
     filter, not an index condition): an `endpoint_id = ANY(enabled)` was planned, on a young table
     without statistics, as a scan of all the endpoint's pending deliveries
     and a sort of them, on every claim."""
-    e = endpoints.c
-    d = deliveries.c
-    query = (
-        select(d.id)
-        .where(
-            d.status == PENDING,
-            d.next_attempt_at <= now,
-            or_(d.lease_until.is_(None), d.lease_until < now),
-            d.endpoint_id.not_in(select(e.id).where(e.state != ENABLED)),
-        )
-        .order_by(d.next_attempt_at, d.id)
-        .limit(limit)
-    )
-    return [row[0] for row in conn.execute(query)]
+    params = {"now": now, "limit": limit, "pending": PENDING, "enabled": ENABLED}
+    return [row[0] for row in _DUE.run(conn, params)]
 
 
 def newest_of_images(
@@ -211,21 +224,29 @@ def release(conn: Connection, ids: list[int], now: datetime) -> None:
     )
 
 
-def lease(
-    conn: Connection,
-    backend: Backend,
-    ids: list[int],
-    now: datetime,
-    token: str,
-    lease_until: datetime,
-) -> list[Row[Any]]:
-    """Lease those of `ids` that are still pending and free to `token`
-    (skipping rows another dispatcher holds), in one statement; returns them,
-    by id, with their endpoint's url and secrets."""
+class Leased(NamedTuple):
+    """What `lease` returns of a delivery: what sending it takes."""
+
+    id: int
+    endpoint_id: str
+    message_id: str
+    body: str
+    attempts: int
+    url: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_until: datetime | None
+
+
+@functools.lru_cache(maxsize=4)
+def _lease_statement(backend: Backend) -> Statement:
+    """`lease`'s statement, built once per backend: building it (and running
+    it through SQLAlchemy's result machinery) cost more than the round trip."""
     d = deliveries.c
+    now = bindparam("now", type_=d.lease_until.type)
     free = select(d.id).where(
-        backend.in_list(d.id, ids),
-        d.status == PENDING,
+        backend.in_bound(d.id, "ids"),
+        d.status == bindparam("pending"),
         or_(d.lease_until.is_(None), d.lease_until < now),
     )
     e = endpoints.c
@@ -234,18 +255,46 @@ def lease(
         # A scalar subquery: SQLite's RETURNING cannot name an UPDATE … FROM table.
         return select(col).where(e.id == d.endpoint_id).scalar_subquery().label(col.name)
 
-    leased = conn.execute(
+    return Statement(
         update(deliveries)
         .where(d.id.in_(backend.claim_due(free).scalar_subquery()))
-        .values(lease_token=token, lease_until=lease_until)
+        .values(
+            lease_token=bindparam("token", type_=d.lease_token.type),
+            lease_until=bindparam("lease_until", type_=d.lease_until.type),
+        )
         .returning(
-            *deliveries.c,
+            d.id,
+            d.endpoint_id,
+            d.message_id,
+            d.body,
+            d.attempts,
             of_endpoint(e.url),
             of_endpoint(e.secret),
             of_endpoint(e.previous_secret),
             of_endpoint(e.previous_secret_until),
         )
-    ).all()
+    )
+
+
+def lease(
+    conn: Connection,
+    backend: Backend,
+    ids: list[int],
+    now: datetime,
+    token: str,
+    lease_until: datetime,
+) -> list[Leased]:
+    """Lease those of `ids` that are still pending and free to `token`
+    (skipping rows another dispatcher holds), in one statement; returns them,
+    by id, with their endpoint's url and secrets."""
+    params = {
+        "ids": list(ids),
+        "now": now,
+        "token": token,
+        "lease_until": lease_until,
+        "pending": PENDING,
+    }
+    leased = [Leased(*row) for row in _lease_statement(backend).run(conn, params)]
     return sorted(leased, key=lambda row: row.id)
 
 
