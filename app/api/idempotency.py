@@ -39,11 +39,14 @@ def respond(outcome: Outcome, status: int, headers: dict[str, str] | None = None
     replay. Written by orjson, in C: the request is the hottest write."""
     if isinstance(outcome, Replayed):
         headers = {**(headers or {}), "Idempotent-Replayed": "true"}
-        return _json(outcome.body, outcome.status, headers)
-    return _json(status_body(outcome), status, headers)
+        return json_response(outcome.body, outcome.status, headers)
+    return json_response(status_body(outcome), status, headers)
 
 
-def _json(body: Json, status: int, headers: dict[str, str] | None) -> Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """`body` as JSON, by orjson, with no response model to validate against:
+    the hot routes answer plain dicts that `app/api/views.py` built and
+    `app/api/schemas.py` documents."""
     return Response(
         orjson.dumps(body), status_code=status, headers=headers, media_type="application/json"
     )

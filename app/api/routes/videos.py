@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Body, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -24,7 +23,7 @@ from app.api.deps import (
 )
 from app.api.deps import checked_name as _name
 from app.api.errors import responses
-from app.api.idempotency import idempotency, respond
+from app.api.idempotency import idempotency, json_response, respond
 from app.api.paths import IMG, IMG_ONLY
 from app.api.schemas import (
     BatchStatusIn,
@@ -67,12 +66,6 @@ IMG_PARAMETER = {
 WRITE_ERRORS = responses(401, 403, 409, 413, 422)
 
 
-def _json(body: Any) -> Response:
-    # orjson, and no response model to validate against: the hot reads answer
-    # plain dicts that `app/api/views.py` built and `app/api/schemas.py` documents.
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
 def _location(img_name: str) -> dict[str, str]:
     return {"Location": status_path(img_name)}
 
@@ -113,7 +106,7 @@ def get_status(request: Request) -> Response:
     q = queries_of(request)
     name = _name(img_name)
     if not request.scope["query_string"]:
-        return _json(status_body(q.status(name, caller)))
+        return json_response(status_body(q.status(name, caller)))
     as_of = _as_of(request)
     at, version = as_of.at, as_of.version
     if at is not None and version is not None:
@@ -127,8 +120,10 @@ def get_status(request: Request) -> Response:
             errors=[{"loc": ["query", "at"], "msg": "needs a time zone"}],
         )
     if at is not None or version is not None:
-        return _json(status_body(q.status_as_of(name, version=version, at=at, access=caller)))
-    return _json(status_body(q.status(name, caller)))
+        return json_response(
+            status_body(q.status_as_of(name, version=version, at=at, access=caller))
+        )
+    return json_response(status_body(q.status(name, caller)))
 
 
 def _as_of(request: Request) -> StatusAsOf:
@@ -178,7 +173,7 @@ def add_hot_routes(app: FastAPI) -> None:
 def batch_status(body: BatchStatusIn, _: Reader, q: Queries) -> Response:
     # `Reader`, not `ReadAccess`: a caller without a key learns nothing of
     # what is wrong with the body (the body is validated before the route runs).
-    return _json({"items": [status_body(s) for s in q.batch(body.img_names)]})
+    return json_response({"items": [status_body(s) for s in q.batch(body.img_names)]})
 
 
 @router.get(
@@ -219,7 +214,7 @@ def list_videos(
 def has_video(img_name: str, request: Request) -> Response:
     # Hot: the caller is checked by the read itself (see `deps.access`).
     state = queries_of(request).status(_name(img_name), access(request, "read"))
-    return _json({"img_name": img_name, "has_video": state.row.has_video})
+    return json_response({"img_name": img_name, "has_video": state.row.has_video})
 
 
 @router.get(
